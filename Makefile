@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint bench-cpu clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch and torchvision first, pinned: these exact releases are on the machines' disks.
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[demo,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/inferforge demo --out demo-packages
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench-cpu: $(STAMP)
+	$(BIN)/python benchmarks/cpu_peers.py
+
+clean:
+	rm -rf $(VENV) demo-packages .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,37 @@
+"""inferforge: optimize, validate, benchmark and package PyTorch models for inference.
+
+The public verbs are ``optimize`` and ``load``. They are imported lazily so that
+``import inferforge`` (and ``inferforge --help``) stay instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["optimize", "load", "AccuracyBudget", "SearchOptions", "Objective", "Task", "BenchSettings"]
+
+_LAZY = {
+    "optimize": "inferforge.api",
+    "load": "inferforge.package",
+    "AccuracyBudget": "inferforge.validate",
+    "Task": "inferforge.validate",
+    "SearchOptions": "inferforge.search",
+    "Objective": "inferforge.search",
+    "BenchSettings": "inferforge.bench",
+}
+
+if TYPE_CHECKING:
+    from inferforge.api import optimize
+    from inferforge.bench import BenchSettings
+    from inferforge.package import load
+    from inferforge.search import Objective, SearchOptions
+    from inferforge.validate import AccuracyBudget, Task
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'inferforge' has no attribute {name!r}")

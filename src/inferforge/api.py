@@ -1,0 +1,73 @@
+"""The public verb ``optimize``: load the model, search, write the package.
+
+The CLI is a thin shell over this function.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferforge.data import Dataset, generated_dataset, load_dataset
+from inferforge.package import write_package
+from inferforge.report import markdown_leaderboard, report_json, report_markdown
+from inferforge.search import CandidateResult, Progress, SearchOptions, SearchResult, run_search
+from inferforge.source import ModelSource, load_source
+from inferforge.types import TensorSpec
+
+DEFAULT_GENERATED_SAMPLES = 64
+
+
+@dataclass
+class OptimizeResult:
+    """What ``optimize`` found, and where the package went (None when nothing passed)."""
+
+    source: ModelSource
+    search: SearchResult
+    dataset: Dataset
+    package: Path | None
+
+    @property
+    def best(self) -> CandidateResult | None:
+        return self.search.best
+
+    def leaderboard(self) -> str:
+        return markdown_leaderboard(self.search)
+
+
+def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorSpec | str] = (),
+             data: str | Dataset | None = None, options: SearchOptions | None = None,
+             out: str | Path | None = None, name: str | None = None, fallbacks: int = 2,
+             overwrite: bool = False, progress: Progress | None = None,
+             workdir: str | Path | None = None) -> OptimizeResult:
+    """Build every candidate that applies here, validate, benchmark, pick and package the best.
+
+    ``model``: an nn.Module, 'file.py:factory', 'package.module:factory', or a .pt/.pt2/.onnx path.
+    ``data``: a Dataset, a folder of .npy/.npz, or 'file.py:function'; None generates inputs from the spec.
+    ``out``: the package folder; None skips packaging. Raises InferforgeError subclasses for bad input;
+    candidate failures are recorded in the result, never raised.
+    """
+    options = options or SearchOptions()
+    source = load_source(model, inputs=inputs, example_inputs=example_inputs, name=name)
+    if isinstance(data, Dataset):
+        dataset = data
+    elif data is not None:
+        dataset = load_dataset(str(data), source.spec)
+    else:
+        dataset = generated_dataset(source.spec, DEFAULT_GENERATED_SAMPLES)
+    scratch = Path(tempfile.mkdtemp(prefix="inferforge-", dir=workdir))
+    try:
+        search = run_search(source, dataset, options, scratch, progress)
+        package = None
+        if out is not None and search.best is not None:
+            package = write_package(
+                search, source.spec, Path(out), model_name=source.name, source_fingerprint=source.fingerprint(),
+                report_json=report_json(search, dataset, source.name),
+                report_md=report_markdown(search, dataset, source.name), fallbacks=fallbacks, overwrite=overwrite)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return OptimizeResult(source, search, dataset, package)

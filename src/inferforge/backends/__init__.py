@@ -1,0 +1,31 @@
+"""The backends, listed explicitly (no registration by import side effect).
+
+Adding a backend: write one module with a ``Backend`` subclass and add it to ``_MODULES``.
+Modules import their heavy dependencies lazily, so listing them here costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from inferforge.backends.base import Backend
+from inferforge.errors import InferforgeError
+
+# name -> module:class, in the order the leaderboard lists them; eager first (the reference).
+_MODULES: dict[str, str] = {
+    "eager": "inferforge.backends.eager:EagerBackend",
+    "torchscript": "inferforge.backends.torchscript:TorchScriptBackend",
+    "inductor": "inferforge.backends.inductor:InductorBackend",
+    "onnxruntime": "inferforge.backends.onnxruntime:OnnxRuntimeBackend",
+}
+
+
+def backend_names() -> list[str]:
+    return list(_MODULES)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _MODULES:
+        raise InferforgeError(f"unknown backend {name!r}; known backends: {', '.join(_MODULES)}")
+    module_name, class_name = _MODULES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()

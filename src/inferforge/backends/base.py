@@ -1,0 +1,174 @@
+"""The whole backend contract: BuildConfig, Artifact, Backend, Runner.
+
+A backend says whether it can build a config here (and if not, why), builds a
+config into files on disk, and loads those files into a Runner. ``load`` reads
+files only: it never needs the Python model, so packages load without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inferforge.source import ModelSource, SourceKind
+from inferforge.types import ModelSpec, Precision, check_inputs, numpy_dtype
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Backends without options of their own use this."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What to build. ``key()`` names the candidate in the leaderboard, the cache and the package."""
+
+    backend: str
+    precision: Precision = Precision.FP32
+    device: str = "cpu"
+    options: Any = NoOptions()  # the backend's own frozen dataclass
+
+    def key(self) -> str:
+        parts = [self.backend, self.precision.value]
+        defaults = type(self.options)()
+        for k, v in sorted(dataclasses.asdict(self.options).items()):
+            if v != getattr(defaults, k):
+                parts.append(k.replace("_", "-") if v is True else f"{k}-{v}".replace("_", "-").lower())
+        if self.device != "cpu":
+            parts.append(self.device)
+        return "-".join(str(p) for p in parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision.value, "device": self.device,
+                "options": dataclasses.asdict(self.options)}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Files a build wrote (relative to ``directory``), what a host needs to run them, and build details."""
+
+    config: BuildConfig
+    directory: Path
+    files: tuple[str, ...]
+    requires: Mapping[str, str] = field(default_factory=dict)  # e.g. {"package:torch": ">=2.14"}
+    details: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"exporter": "dynamo"}
+    size_bytes: int = 0  # measured when built, so it survives the build folder
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config.to_json(), "files": list(self.files), "requires": dict(self.requires),
+                "details": dict(self.details), "size_bytes": self.size_bytes}
+
+
+def artifact_from_dir(config: BuildConfig, directory: Path, requires: Mapping[str, str] | None = None,
+                      details: Mapping[str, Any] | None = None) -> Artifact:
+    """An Artifact listing every file a build left in ``directory`` (exporters add side files)."""
+    paths = sorted(p for p in directory.rglob("*") if p.is_file())
+    return Artifact(config, directory, tuple(str(p.relative_to(directory)) for p in paths), dict(requires or {}),
+                    dict(details or {}), sum(p.stat().st_size for p in paths))
+
+
+class Runner(ABC):
+    """Runs a loaded artifact. Takes and returns numpy arrays or torch tensors (the caller's kind).
+
+    ``__call__`` checks the inputs against the spec once, here; backends implement
+    ``run_native`` on inputs already in their native kind (``native``: "numpy" or "torch").
+    """
+
+    native: ClassVar[str] = "torch"
+
+    def __init__(self, spec: ModelSpec, artifact: Artifact) -> None:
+        self.spec = spec
+        self.artifact = artifact
+
+    @property
+    def inputs(self) -> Sequence[Any]:
+        return self.spec.inputs
+
+    @property
+    def outputs(self) -> Sequence[Any]:
+        return self.spec.outputs
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        check_inputs(self.spec.inputs, inputs)
+        as_torch = any(type(v).__module__.startswith("torch") for v in inputs.values())
+        outputs = self.run_native(self.to_native(inputs))
+        return {s.name: _convert(o, "torch" if as_torch else "numpy") for s, o in zip(self.spec.outputs, outputs, strict=True)}
+
+    def to_native(self, inputs: Mapping[str, Any]) -> list[Any]:
+        """Inputs in spec order, in this runner's native kind and the spec's dtypes."""
+        return [_convert(inputs[s.name], self.native, s.dtype) for s in self.spec.inputs]
+
+    @abstractmethod
+    def run_native(self, args: list[Any]) -> list[Any]:
+        """Run on native inputs in spec order; return outputs in spec order."""
+
+
+def _convert(value: Any, kind: str, dtype: str | None = None) -> Any:
+    import torch
+
+    if kind == "numpy":
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu().numpy() if value.dtype == torch.bfloat16 else value.detach().cpu().numpy()
+        value = np.asarray(value)
+        return value.astype(numpy_dtype(dtype), copy=False) if dtype else value
+    if not isinstance(value, torch.Tensor):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if dtype is not None and dtype != "bfloat16":
+        value = value.to(getattr(torch, dtype))
+    return value
+
+
+class Backend(ABC):
+    """One way to build and run a model. Adding a backend is adding one module with one subclass."""
+
+    name: ClassVar[str]
+    accepts: ClassVar[frozenset[SourceKind]]
+    options_type: ClassVar[type] = NoOptions
+
+    def configs(self, device: str) -> list[BuildConfig]:
+        """The candidates this backend proposes for a device (available or not: the search asks)."""
+        return [BuildConfig(self.name, Precision.FP32, device, self.options_type())]
+
+    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
+        """None when the config can be built here, else a sentence saying why not."""
+        if source.kind not in self.accepts:
+            return f"{self.name} does not take {source.kind.value} models"
+        if config.device != "cpu":
+            return f"{self.name} builds for cpu in this version, not {config.device}"
+        return None
+
+    @abstractmethod
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+        """Write the artifact's files into ``out_dir`` (which exists and is empty). Raises on failure."""
+
+    @abstractmethod
+    def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
+        """Read an artifact's files into a Runner using ``threads`` intra-op threads."""
+
+    def options_from_json(self, data: Mapping[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(self.options_type)}
+        return self.options_type(**{k: v for k, v in data.items() if k in known})
+
+
+def config_from_json(data: Mapping[str, Any]) -> BuildConfig:
+    from inferforge.backends import get_backend
+
+    backend = get_backend(data["backend"])
+    return BuildConfig(data["backend"], Precision(data["precision"]), data.get("device", "cpu"),
+                       backend.options_from_json(data.get("options", {})))
+
+
+def artifact_from_json(data: Mapping[str, Any], directory: Path) -> Artifact:
+    return Artifact(config_from_json(data["config"]), directory, tuple(data["files"]),
+                    dict(data.get("requires", {})), dict(data.get("details", {})), int(data.get("size_bytes", 0)))
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,51 @@
+"""PyTorch eager: the reference. Saved as a torch.export program and run op by op.
+
+Saving through torch.export (not pickle) keeps the package loadable without the
+user's Python code and without unpickling anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.torch_common import (
+    TorchRunner,
+    cast_module,
+    precision_unavailable,
+    set_torch_threads,
+)
+from inferforge.environment import torch_requirement
+from inferforge.source import ModelSource, SourceKind
+from inferforge.types import ModelSpec, Precision
+
+PROGRAM = "model.pt2"
+
+
+class EagerBackend(Backend):
+    name = "eager"
+    accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
+
+    def configs(self, device: str) -> list[BuildConfig]:
+        return [BuildConfig(self.name, p, device) for p in (Precision.FP32, Precision.BF16)]
+
+    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
+        if source.kind is SourceKind.TORCHSCRIPT:
+            return "a TorchScript model runs as the torchscript candidate"
+        return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
+
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+        import torch
+
+        torch.export.save(source.exported_program(), str(out_dir / PROGRAM))
+        requires = torch_requirement()
+        if config.precision is Precision.BF16:
+            requires["cpu_flag:avx512_bf16"] = "yes"
+        return artifact_from_dir(config, out_dir, requires, {"format": "torch.export"})
+
+    def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
+        import torch
+
+        set_torch_threads(threads)
+        module = torch.export.load(str(artifact.directory / PROGRAM)).module()
+        return TorchRunner(spec, artifact, cast_module(module, artifact.config.precision))

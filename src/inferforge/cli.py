@@ -1,0 +1,124 @@
+"""The command line: parse, call the public verbs, print. No logic of its own.
+
+Errors an user can fix exit with status 2 and one message; --debug adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inferforge.errors import InferforgeError
+
+
+def _fraction(text: str) -> float:
+    """'1%' or '0.01' -> 0.01; a bare number above 1 is refused as ambiguous."""
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not text.endswith("%") and value > 1:
+        raise argparse.ArgumentTypeError(f"{text} is above 1: write it as a fraction (0.01) or a percentage ({text}%)")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be 1 or more")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferforge", description="Optimize, validate, benchmark and package "
+                                     "PyTorch models for inference.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    opt = sub.add_parser("optimize", help="build every candidate, validate, benchmark, pick and package the best")
+    opt.add_argument("model", help="file.py:factory, package.module:factory, or a .pt (TorchScript) / .pt2 / .onnx file")
+    opt.add_argument("--input", action="append", default=[], metavar="SPEC",
+                     help="input spec, repeatable: name:dtype[dims][:lo..hi], e.g. input_ids:int64[B,128]:0..30521")
+    opt.add_argument("--data", help="validation data: a folder of .npy/.npz, or file.py:function (optional 'labels')")
+    opt.add_argument("--task", choices=["auto", "classify", "embed", "generic"], default="auto",
+                     help="what decides accuracy: auto = classify with labels, else output cosine")
+    opt.add_argument("--max-accuracy-drop", type=_fraction, default=0.01, help="with labels: e.g. 1%% or 0.01")
+    opt.add_argument("--min-cosine", type=float, default=0.99, help="without labels: mean cosine per sample")
+    opt.add_argument("--min-top1-agreement", type=_fraction, default=0.99, help="classifiers without labels")
+    opt.add_argument("--objective", choices=["latency", "throughput"], default="latency")
+    opt.add_argument("--backends", help="comma-separated subset (default: all)")
+    opt.add_argument("--batch-sizes", type=_int_list, default=(1, 8, 32), help="throughput sweep, e.g. 1,8,32")
+    opt.add_argument("--threads", type=int, help="intra-op threads (default: usable cores)")
+    opt.add_argument("--out", type=Path, help="package folder (default: ./<name>.inferforge)")
+    opt.add_argument("--name", help="model name (default: from the factory or file)")
+    opt.add_argument("--fallbacks", type=int, default=2, help="passed candidates packaged after the best")
+    opt.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
+    opt.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+    info = sub.add_parser("info", help="show a package's manifest: chosen artifact, fallbacks, figures")
+    info.add_argument("package", type=Path)
+    info.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="optimize the built-in models (MiniLM-L6 and a digits CNN) and load them back")
+    demo.add_argument("--out", type=Path, default=Path("demo-packages"))
+    demo.add_argument("--only", choices=["minilm", "digits"], help="run one of the two")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "optimize":
+            return _optimize(args)
+        if args.command == "info":
+            return _info(args)
+        from inferforge.demo import run_demo
+
+        return run_demo(args.out, args.only)
+    except InferforgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        from inferforge.errors import one_line
+
+        print(f"internal error: {one_line(exc)} (run with --debug for the traceback, and please report it)",
+              file=sys.stderr)
+        return 1
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from inferforge.commands import optimize_command
+
+    return optimize_command(args)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from inferforge.package import read_manifest
+
+    manifest = read_manifest(args.package)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    print(f"{manifest['model']}: chosen {manifest['chosen']} (objective {manifest['objective']})")
+    for entry in manifest["artifacts"]:
+        bench = entry.get("bench") or {}
+        p50 = bench.get("latency", {}).get("p50_ms")
+        print(f"  #{entry['rank']} {entry['key']}: p50 {p50:.2f} ms" if p50 else f"  #{entry['rank']} {entry['key']}")
+    print("inputs: " + " ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in manifest["spec"]["inputs"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""What the CLI's commands do beyond parsing: build options, show progress and leaderboards.
+
+Kept apart from cli.py so that ``inferforge --help`` imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from inferforge.api import OptimizeResult, optimize
+from inferforge.bench import BenchSettings
+from inferforge.progress import SearchProgress, print_table
+from inferforge.report import report_json, rich_leaderboard
+from inferforge.search import Objective, SearchOptions, candidate_configs
+from inferforge.validate import AccuracyBudget, Task
+
+
+def options_from_args(args: argparse.Namespace) -> SearchOptions:
+    extra: dict[str, Any] = {}
+    if args.threads:
+        extra["threads"] = args.threads
+    return SearchOptions(
+        objective=Objective(args.objective),
+        budget=AccuracyBudget(args.max_accuracy_drop, args.min_cosine, args.min_top1_agreement),
+        task=Task(args.task),
+        bench=BenchSettings(batch_sizes=tuple(args.batch_sizes)),
+        backends=tuple(b.strip() for b in args.backends.split(",")) if args.backends else (),
+        **extra,
+    )
+
+
+def run_optimize(model: str, *, inputs: list[str], data: str | None, options: SearchOptions, out: Path | None,
+                 name: str | None, fallbacks: int, overwrite: bool, quiet: bool = False) -> OptimizeResult:
+    """optimize() with a live progress display, then the leaderboard on stdout."""
+    label = name or model.rsplit(":", 1)[-1]
+    with SearchProgress(len(candidate_configs(options)), f"optimizing {label}") as progress:
+        result = optimize(model, inputs=inputs, data=data, options=options, out=out, name=name,
+                          fallbacks=fallbacks, overwrite=overwrite, progress=progress)
+    if not quiet:
+        print_table(rich_leaderboard(result.search, f"{result.source.name}: validated on {result.dataset.origin}, {len(result.dataset)} samples"))
+        if result.package:
+            print(f"package: {result.package}")
+        elif result.best is None:
+            print("no candidate passed the accuracy budget: nothing was packaged (see the reasons above)")
+    return result
+
+
+def default_name(model: str) -> str:
+    """'models.py:make_resnet' -> 'resnet'; 'path/net.onnx' -> 'net'."""
+    if ":" in model and not Path(model).exists():
+        return model.rsplit(":", 1)[-1].removeprefix("make_") or "model"
+    return Path(model).stem
+
+
+def optimize_command(args: argparse.Namespace) -> int:
+    out = args.out or Path(f"{args.name or default_name(args.model)}.inferforge")
+    result = run_optimize(args.model, inputs=args.input, data=args.data, options=options_from_args(args),
+                          out=out, name=args.name, fallbacks=args.fallbacks, overwrite=args.overwrite, quiet=args.json)
+    if args.json:
+        print(json.dumps(report_json(result.search, result.dataset, result.source.name), indent=2, default=str))
+    return 0 if result.best is not None else 3

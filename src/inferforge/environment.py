@@ -1,0 +1,113 @@
+"""What machine this is: CPU features, library versions, a fingerprint for packages.
+
+Packages record it at build time; ``load`` compares an artifact's requirements
+with it, so a package refuses clearly where it cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+# Flags that decide which precisions run natively on an x86 CPU.
+_CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                          "amx_int8", "avx512_fp16", "amx_fp16")
+LIBRARIES = ("inferforge", "torch", "numpy", "onnx", "onnxruntime", "onnxscript")
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def native_bf16_reason() -> str | None:
+    """None when the CPU computes bf16 natively; otherwise why bf16 would be slow here."""
+    flags = cpu_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        return None
+    return ("this CPU has no native bf16 (no avx512_bf16 or amx_bf16): bf16 runs emulated, "
+            "typically 5-38x slower than fp32")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def version_of(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fingerprint() -> dict[str, Any]:
+    """The build or run environment, as recorded in packages and reports."""
+    return {
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cores": usable_cores(),
+        "cpu_flags": sorted(f for f in _CPU_FLAGS_OF_INTEREST if f in cpu_flags()),
+        "libraries": {name: version_of(name) for name in LIBRARIES},
+    }
+
+
+def unmet_requirements(requires: dict[str, str]) -> list[str]:
+    """Each requirement this host misses, as a sentence. Keys: ``package:NAME`` (">=X.Y"),
+    ``cpu_flag:NAME`` and ``machine`` (e.g. "x86_64")."""
+    problems = []
+    for key, want in requires.items():
+        kind, _, name = key.partition(":")
+        if kind == "package":
+            have = version_of(name)
+            if have is None:
+                problems.append(f"needs the Python package {name} {want}, which is not installed")
+            elif want.startswith(">=") and _version_tuple(have) < _version_tuple(want[2:]):
+                problems.append(f"needs {name} {want}, this machine has {have}")
+        elif kind == "cpu_flag" and name not in cpu_flags():
+            problems.append(f"needs the CPU feature {name}, which this CPU ({cpu_model()}) lacks")
+        elif kind == "machine" and platform.machine() != want:
+            problems.append(f"was built for {want}, this machine is {platform.machine()}")
+    return problems
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def torch_requirement() -> dict[str, str]:
+    """Serialized torch programs load on the torch that wrote them or newer."""
+    import torch
+
+    major, minor = torch.__version__.split(".")[:2]
+    return {"package:torch": f">={major}.{minor}"}

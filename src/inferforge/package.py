@@ -1,0 +1,184 @@
+"""Write and open packages: a folder with a manifest, checksummed artifacts and a report.
+
+A package is written to a temporary folder beside its destination and renamed
+into place, so a crash never leaves half a package. ``load`` verifies every file
+of the artifact it opens, checks that this machine fits, and falls back down the
+ranked list, saying which artifact it took and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferforge.backends import get_backend
+from inferforge.backends.base import Runner, artifact_from_json
+from inferforge.environment import fingerprint, unmet_requirements, usable_cores
+from inferforge.errors import InferforgeError, PackageError, one_line
+from inferforge.search import CandidateResult, SearchResult
+from inferforge.types import ModelSpec
+
+MANIFEST = "inferforge.json"
+FORMAT_VERSION = 1
+ARTIFACTS = "artifacts"
+PORTABLE_BACKENDS = ("onnxruntime", "torchscript", "eager")
+
+
+def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResult]:
+    """The best candidate and up to ``fallbacks`` more passed ones, one per backend, with a portable
+    (no compile cache, no CPU-specific code) artifact among them whenever one passed."""
+    chosen: list[CandidateResult] = []
+    for candidate in result.passed:
+        if len(chosen) > fallbacks:
+            break
+        if all(c.config.backend != candidate.config.backend for c in chosen):
+            chosen.append(candidate)
+    if not any(c.config.backend in PORTABLE_BACKENDS for c in chosen):
+        portable = next((c for c in result.passed if c.config.backend in PORTABLE_BACKENDS), None)
+        if portable is not None:
+            chosen.append(portable)
+    return chosen
+
+
+def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_name: str, source_fingerprint: str,
+                  report_json: Mapping[str, Any], report_md: str, fallbacks: int = 2, overwrite: bool = False) -> Path:
+    """Copy the chosen artifacts with checksums and a manifest into ``out`` atomically."""
+    chosen = choose_packaged(result, fallbacks)
+    if not chosen:
+        raise InferforgeError("no candidate passed the accuracy budget, so there is nothing to package")
+    out = out.resolve()
+    if out.exists() and not overwrite:
+        raise PackageError(f"{out} already exists: choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries = []
+        for rank, candidate in enumerate(chosen):
+            assert candidate.artifact is not None
+            rel_dir = f"{ARTIFACTS}/{candidate.key}"
+            shutil.copytree(candidate.artifact.directory, staging / rel_dir)
+            entries.append({
+                "rank": rank, "key": candidate.key, "path": rel_dir, **candidate.artifact.to_json(),
+                "sha256": {f: _sha256(staging / rel_dir / f) for f in candidate.artifact.files},
+                "accuracy": candidate.accuracy.to_json() if candidate.accuracy else None,
+                "bench": candidate.bench.to_json() if candidate.bench else None,
+                "build_seconds": candidate.build_seconds,
+            })
+        manifest = {
+            "format_version": FORMAT_VERSION, "model": model_name, "source_fingerprint": source_fingerprint,
+            "spec": spec.to_json(), "objective": result.options.objective.value,
+            "chosen": entries[0]["key"], "artifacts": entries, "environment": fingerprint(),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        (staging / "report.json").write_text(json.dumps(report_json, indent=2, default=str) + "\n")
+        (staging / "report.md").write_text(report_md)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.exists():
+        raise PackageError(f"package {path} does not exist")
+    if not manifest_path.is_file():
+        raise PackageError(f"{path} is not an inferforge package: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PackageError(f"{manifest_path} is not valid JSON ({exc}); the package is damaged: rebuild it") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PackageError(f"{path} has package format {manifest.get('format_version')}, this inferforge reads "
+                           f"format {FORMAT_VERSION}: rebuild it or use a matching inferforge")
+    return manifest
+
+
+def verify_checksums(package: Path, entry: Mapping[str, Any]) -> None:
+    """Raise PackageError naming every file that is missing or changed."""
+    problems = []
+    for rel, want in entry["sha256"].items():
+        file = package / entry["path"] / rel
+        if not file.is_file():
+            problems.append(f"{entry['path']}/{rel} is missing")
+        elif _sha256(file) != want:
+            problems.append(f"{entry['path']}/{rel} does not match its checksum")
+    if problems:
+        raise PackageError(f"package {package} is damaged or was modified: " + "; ".join(problems)
+                           + ". Rebuild it or copy it again.")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which artifact ``load`` took, and why each one ranked above it was passed over."""
+
+    key: str
+    rank: int
+    passed_over: tuple[str, ...] = field(default_factory=tuple)
+
+
+def load(path: str | Path, *, threads: int | None = None, artifact: str | None = None) -> Runner:
+    """Open a package and return a runner for the best artifact this machine can run.
+
+    ``artifact`` forces one by key. The runner's ``selection`` says which was taken and why
+    the ones above it were not. Raises PackageError when none fits, listing each reason.
+    """
+    package = Path(path)
+    manifest = read_manifest(package)
+    spec = ModelSpec.from_json(manifest["spec"])
+    entries = manifest["artifacts"]
+    if artifact is not None:
+        entries = [e for e in entries if e["key"] == artifact]
+        if not entries:
+            raise PackageError(f"package {package} has no artifact {artifact!r}; it has "
+                               f"{', '.join(e['key'] for e in manifest['artifacts'])}")
+    passed_over: list[str] = []
+    for entry in entries:
+        unmet = unmet_requirements(entry.get("requires", {}))
+        if unmet:
+            passed_over.append(f"{entry['key']}: " + "; ".join(unmet))
+            continue
+        verify_checksums(package, entry)
+        try:
+            backend = get_backend(entry["config"]["backend"])
+            runner = backend.load(artifact_from_json(entry, package / entry["path"]), spec, threads or usable_cores())
+        except InferforgeError as exc:
+            passed_over.append(f"{entry['key']}: {exc}")
+            continue
+        except Exception as exc:
+            passed_over.append(f"{entry['key']}: loading failed: {one_line(exc)}")
+            continue
+        runner.selection = Selection(entry["key"], entry["rank"], tuple(passed_over))  # type: ignore[attr-defined]
+        if passed_over:
+            warnings.warn(f"inferforge: loaded {entry['key']} (rank {entry['rank']}) from {package}; passed over: "
+                          + " | ".join(passed_over), stacklevel=2)
+        return runner
+    raise PackageError(f"no artifact in {package} can run on this machine: " + " | ".join(passed_over))

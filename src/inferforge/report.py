@@ -1,0 +1,115 @@
+"""The leaderboard and the run report, as rich tables, Markdown and JSON.
+
+One function lays out the rows; the terminal and Markdown renderings only format them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from inferforge.data import Dataset
+from inferforge.environment import fingerprint
+from inferforge.search import CandidateResult, SearchResult, Status
+
+COLUMNS = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "cv", "best tput /s", "accuracy", "build s",
+           "size MB", "peak RSS MB", "note")
+
+
+def _accuracy_cell(c: CandidateResult) -> str:
+    acc = c.accuracy
+    if acc is None:
+        return ""
+    if acc.accuracy is not None:
+        return f"acc {acc.accuracy * 100:.2f}% (drop {(acc.accuracy_drop or 0.0) * 100:.2f})"
+    if acc.decided_by == "top-1 agreement" and acc.top1_agreement is not None:
+        return f"top1 agree {acc.top1_agreement:.4f}"
+    return f"cos {acc.cosine:.6f}"
+
+
+def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    best = result.best
+    for i, c in enumerate(result.candidates, 1):
+        b = c.bench
+        note = c.reason
+        if c is best:
+            note = f"picked ({result.options.objective.value})"
+        elif c.status is Status.PASSED:
+            note = "fallback candidate"
+        rows.append((
+            str(i), c.key, c.status.value,
+            f"{b.latency.p50_ms:.2f}" if b else "", f"{b.latency.p99_ms:.2f}" if b else "",
+            f"{b.latency.cv:.2f}" if b else "",
+            f"{b.best_throughput:.1f} (bs{max(b.sweep, key=lambda s: s.throughput).batch_size})" if b else "",
+            _accuracy_cell(c),
+            f"{c.build_seconds:.1f}" if c.build_seconds is not None else "",
+            f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
+            f"{b.peak_rss_mb:.0f}" if b else "",
+            note,
+        ))
+    return rows
+
+
+def rich_leaderboard(result: SearchResult, title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold", max_width=60 if col == "note" else None)
+    styles = {"passed": "green", "rejected": "yellow", "failed": "red", "skipped": "dim"}
+    for row in leaderboard_rows(result):
+        table.add_row(*row, style=styles.get(row[2]))
+    return table
+
+
+def markdown_leaderboard(result: SearchResult) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in leaderboard_rows(result)]
+    return "\n".join(lines)
+
+
+def report_json(result: SearchResult, dataset: Dataset, model_name: str) -> dict[str, Any]:
+    opts = result.options
+    return {
+        "model": model_name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "objective": opts.objective.value,
+        "budget": vars(opts.budget),
+        "task": opts.task.value,
+        "threads": opts.threads,
+        "batch_sizes": list(opts.bench.batch_sizes),
+        "validation_data": {"origin": dataset.origin, "samples": len(dataset), "labels": dataset.labels is not None},
+        "picked": result.best.key if result.best else None,
+        "candidates": [c.to_json() for c in result.candidates],
+        "environment": fingerprint(),
+    }
+
+
+def report_markdown(result: SearchResult, dataset: Dataset, model_name: str) -> str:
+    env = fingerprint()
+    opts = result.options
+    best = result.best
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
+    lines = [
+        f"# inferforge report: {model_name}",
+        "",
+        f"- created: {datetime.now(UTC).isoformat(timespec='seconds')}",
+        f"- picked: **{best.key if best else 'none'}** (objective: {opts.objective.value})",
+        f"- validation data: {dataset.origin}, {len(dataset)} samples, labels: {'yes' if dataset.labels is not None else 'no'}",
+        f"- budget: max accuracy drop {opts.budget.max_accuracy_drop * 100:.2f} points, min cosine {opts.budget.min_cosine}, "
+        f"min top-1 agreement {opts.budget.min_top1_agreement}",
+        f"- machine: {env['cpu']} ({env['cores']} cores usable, {env['machine']}), {env['system']}, Python {env['python']}",
+        f"- threads: {opts.threads}; batch sizes: {', '.join(map(str, opts.bench.batch_sizes))}",
+        f"- libraries: {libs}",
+        "",
+        "## Leaderboard",
+        "",
+        markdown_leaderboard(result),
+        "",
+        "Latency is the median of timed runs at the smallest batch size after warm-up; cv is its coefficient of "
+        "variation; throughput is samples/s at the median latency of the best batch size. Peak RSS is the rise in "
+        "resident memory over load, validation and benchmark.",
+        "",
+    ]
+    return "\n".join(lines)

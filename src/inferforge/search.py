@@ -1,0 +1,201 @@
+"""Candidates -> build -> load -> validate -> benchmark -> rank within the accuracy budget.
+
+The search knows backends only through their contract. Every candidate is
+measured, including the reference, so nothing slower than plain eager can win,
+and a candidate that fails at any stage is recorded with its reason while the
+search goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferforge.backends import backend_names, get_backend
+from inferforge.backends.base import Artifact, Backend, BuildConfig
+from inferforge.bench import BenchReport, BenchSettings, current_rss_mb, measure, peak_rss_sampler
+from inferforge.data import Dataset
+from inferforge.environment import usable_cores
+from inferforge.errors import InferforgeError, one_line
+from inferforge.source import ModelSource, SourceKind
+from inferforge.validate import AccuracyBudget, AccuracyReport, Task, collect_outputs, compare
+
+VALIDATION_BATCH = 16
+
+
+class Objective(StrEnum):
+    LATENCY = "latency"  # lowest p50 at batch 1
+    THROUGHPUT = "throughput"  # most samples/s over the batch sweep
+
+
+class Status(StrEnum):
+    PASSED = "passed"
+    REJECTED = "rejected"  # built and ran, outside the accuracy budget
+    FAILED = "failed"  # an error while building, loading or running
+    SKIPPED = "skipped"  # cannot be built here
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    objective: Objective = Objective.LATENCY
+    budget: AccuracyBudget = AccuracyBudget()
+    task: Task = Task.AUTO
+    bench: BenchSettings = BenchSettings()
+    threads: int = field(default_factory=usable_cores)
+    backends: tuple[str, ...] = ()  # empty: every backend
+    device: str = "cpu"
+
+
+@dataclass
+class CandidateResult:
+    config: BuildConfig
+    status: Status
+    reason: str = ""
+    artifact: Artifact | None = None
+    build_seconds: float | None = None
+    accuracy: AccuracyReport | None = None
+    bench: BenchReport | None = None
+
+    @property
+    def key(self) -> str:
+        return self.config.key()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "config": self.config.to_json(), "status": self.status.value, "reason": self.reason,
+            "build_seconds": self.build_seconds,
+            "artifact_bytes": self.artifact.size_bytes if self.artifact else None,
+            "artifact_details": dict(self.artifact.details) if self.artifact else None,
+            "accuracy": self.accuracy.to_json() if self.accuracy else None,
+            "bench": self.bench.to_json() if self.bench else None,
+        }
+
+
+@dataclass
+class SearchResult:
+    candidates: list[CandidateResult]  # ranked: passed best-first, then rejected, failed, skipped
+    options: SearchOptions
+    reference_name: str
+
+    @property
+    def passed(self) -> list[CandidateResult]:
+        return [c for c in self.candidates if c.status is Status.PASSED]
+
+    @property
+    def best(self) -> CandidateResult | None:
+        return self.passed[0] if self.passed else None
+
+
+Progress = Callable[[str, str], None]  # (candidate key, stage or final status)
+
+
+def candidate_configs(options: SearchOptions) -> list[tuple[Backend, BuildConfig]]:
+    names = options.backends or tuple(backend_names())
+    unknown = set(names) - set(backend_names())
+    if unknown:
+        raise InferforgeError(f"unknown backend(s) {sorted(unknown)}; known: {', '.join(backend_names())}")
+    pairs = []
+    for name in names:
+        backend = get_backend(name)
+        pairs += [(backend, config) for config in backend.configs(options.device)]
+    return pairs
+
+
+def reference_outputs(source: ModelSource, dataset: Dataset, threads: int) -> dict[str, np.ndarray]:
+    """FP32 reference outputs: the PyTorch module under inference_mode, or unoptimized ORT for ONNX."""
+    if source.kind is SourceKind.ONNX:
+        from inferforge.backends.onnxruntime import create_session
+
+        assert source.path is not None
+        session = create_session(source.path, threads, optimize=False)
+        names = source.spec.output_names
+        return collect_outputs(lambda batch: dict(zip(names, session.run(None, batch), strict=True)),
+                               dataset, VALIDATION_BATCH)
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        with torch.inference_mode():
+            return dict(source.module.named_outputs(*[torch.from_numpy(batch[n]) for n in source.spec.input_names]))
+
+    return collect_outputs(run, dataset, VALIDATION_BATCH)
+
+
+def run_search(source: ModelSource, dataset: Dataset, options: SearchOptions, workdir: Path,
+               progress: Progress | None = None) -> SearchResult:
+    """Try every candidate; never raises for a candidate's failure."""
+    report = progress or (lambda key, stage: None)
+    pairs = candidate_configs(options)
+    reference = reference_outputs(source, dataset, options.threads)
+    results = []
+    for backend, config in pairs:
+        result = _try_candidate(backend, config, source, dataset, reference, options, workdir, report)
+        report(config.key(), result.status.value)
+        results.append(result)
+        gc.collect()
+    return SearchResult(rank(results, options.objective), options, source.name)
+
+
+def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, dataset: Dataset,
+                   reference: dict[str, np.ndarray], options: SearchOptions, workdir: Path,
+                   report: Progress) -> CandidateResult:
+    key = config.key()
+    reason = backend.unavailable_reason(config, source)
+    if reason:
+        return CandidateResult(config, Status.SKIPPED, reason)
+    out_dir = workdir / key
+    out_dir.mkdir(parents=True, exist_ok=False)
+    report(key, "building")
+    started = time.perf_counter()
+    try:
+        artifact = backend.build(source, config, out_dir)
+    except Exception as exc:
+        return CandidateResult(config, Status.FAILED, f"build: {one_line(exc)}",
+                               build_seconds=time.perf_counter() - started)
+    build_seconds = time.perf_counter() - started
+    result = CandidateResult(config, Status.FAILED, artifact=artifact, build_seconds=build_seconds)
+    stage = "load"
+    try:
+        rss_before = current_rss_mb()
+        with peak_rss_sampler() as peak:
+            report(key, "loading")
+            started = time.perf_counter()
+            runner = backend.load(artifact, source.spec, options.threads)
+            load_seconds = time.perf_counter() - started
+            stage = "validate"
+            report(key, "validating")
+            outputs = collect_outputs(runner, dataset, VALIDATION_BATCH)
+            result.accuracy = compare(reference, outputs, source.spec, dataset, options.task, options.budget)
+            stage = "benchmark"
+            report(key, "benchmarking")
+            sweep = measure(runner, lambda batch: dataset.take(batch), options.bench)
+        result.bench = BenchReport(sweep[0], sweep, options.threads, max(0.0, peak() - rss_before), load_seconds)
+    except Exception as exc:
+        result.reason = f"{stage}: {one_line(exc)}"
+        return result
+    if result.accuracy.passed:
+        result.status = Status.PASSED
+    else:
+        result.status = Status.REJECTED
+        result.reason = "; ".join(result.accuracy.violations)
+    return result
+
+
+def rank(results: Sequence[CandidateResult], objective: Objective) -> list[CandidateResult]:
+    """Passed candidates best-first by the objective, then rejected (by the same), failed, skipped."""
+    order = {Status.PASSED: 0, Status.REJECTED: 1, Status.FAILED: 2, Status.SKIPPED: 3}
+
+    def score(c: CandidateResult) -> float:
+        if c.bench is None:
+            return float("inf")
+        return c.bench.latency.p50_ms if objective is Objective.LATENCY else -c.bench.best_throughput
+
+    return sorted(results, key=lambda c: (order[c.status], score(c)))

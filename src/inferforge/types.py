@@ -1,0 +1,225 @@
+"""The vocabulary: precisions, tensor specs and the model's input/output spec.
+
+A spec is written as ``name:dtype[dims]`` with an optional value range for
+integer inputs, e.g. ``input_ids:int64[B,128]:0..30521``. A dimension is a number
+(static), ``B`` (the batch dimension) or another name, optionally with the size
+used for generated data: ``tokens:int64[B,S=128]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from inferforge.errors import SpecError
+
+BATCH = "B"
+
+# dtype name -> numpy dtype name; bfloat16 has no numpy dtype and travels as float32.
+DTYPES: dict[str, str] = {
+    "float32": "float32",
+    "float64": "float64",
+    "float16": "float16",
+    "bfloat16": "float32",
+    "int64": "int64",
+    "int32": "int32",
+    "int16": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+}
+_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",
+            "bf16": "bfloat16", "long": "int64", "int": "int32", "double": "float64"}
+
+
+class Precision(StrEnum):
+    """Numeric precision a candidate computes in."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A dynamic dimension: its name and the size used when data is generated."""
+
+    name: str
+    example: int = 1
+
+    def __str__(self) -> str:
+        return self.name if self.name == BATCH else f"{self.name}={self.example}"
+
+
+Shape = tuple[int | Dim, ...]
+
+
+def canonical_dtype(name: str) -> str:
+    key = _ALIASES.get(name.lower(), name.lower()).removeprefix("torch.")
+    if key not in DTYPES:
+        raise SpecError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return key
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: dtype, shape (static ints or dynamic Dims), value range for ints."""
+
+    name: str
+    dtype: str
+    shape: Shape
+    value_range: tuple[float, float] | None = None
+
+    @property
+    def batch_axis(self) -> int | None:
+        for axis, dim in enumerate(self.shape):
+            if isinstance(dim, Dim) and dim.name == BATCH:
+                return axis
+        return None
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in ("float32", "float64", "float16", "bfloat16")
+
+    def concrete_shape(self, batch_size: int) -> tuple[int, ...]:
+        """The shape with B set to batch_size and other dims at their example size."""
+        return tuple(
+            d if isinstance(d, int) else (batch_size if d.name == BATCH else d.example) for d in self.shape
+        )
+
+    def __str__(self) -> str:
+        dims = ",".join(str(d) for d in self.shape)
+        text = f"{self.name}:{self.dtype}[{dims}]"
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            text += f":{_num(lo)}..{_num(hi)}"
+        return text
+
+    @classmethod
+    def parse(cls, text: str) -> TensorSpec:
+        """Parse ``name:dtype[d0,d1,...][:lo..hi]``; raises SpecError naming the bad part."""
+        match = _SPEC_RE.fullmatch(text.strip())
+        if not match:
+            raise SpecError(
+                f"cannot parse input spec {text!r}: expected name:dtype[dims][:lo..hi], "
+                "e.g. input_ids:int64[B,128]:0..30521 or image:float32[B,3,224,224]"
+            )
+        dims = [d.strip() for d in match["dims"].split(",")] if match["dims"].strip() else []
+        shape = tuple(_parse_dim(d, text) for d in dims)
+        value_range = None
+        if match["lo"] is not None:
+            value_range = (float(match["lo"]), float(match["hi"]))
+            if value_range[0] > value_range[1]:
+                raise SpecError(f"input spec {text!r}: value range is empty (low > high)")
+        return cls(match["name"], canonical_dtype(match["dtype"]), shape, value_range)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": [d if isinstance(d, int) else str(d) for d in self.shape],
+                "value_range": list(self.value_range) if self.value_range else None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        shape = tuple(_parse_dim(str(d), data["name"]) for d in data["shape"])
+        vr = data.get("value_range")
+        return cls(data["name"], data["dtype"], shape, (float(vr[0]), float(vr[1])) if vr else None)
+
+
+_SPEC_RE = re.compile(
+    r"(?P<name>[A-Za-z_][\w.\-]*):(?P<dtype>[A-Za-z0-9_.]+)\[(?P<dims>[^\]]*)\]"
+    r"(?::(?P<lo>-?[\d.e+]+)\.\.(?P<hi>-?[\d.e+]+))?"
+)
+
+
+def _parse_dim(token: str, context: str) -> int | Dim:
+    if token.lstrip("-").isdigit():
+        value = int(token)
+        if value < 0:
+            raise SpecError(f"input spec {context!r}: dimension {token} is negative")
+        return value
+    name, _, example = token.partition("=")
+    if not re.fullmatch(r"[A-Za-z_]\w*", name):
+        raise SpecError(f"input spec {context!r}: dimension {token!r} is neither a number nor a name")
+    if name == BATCH:
+        return Dim(BATCH)
+    if not example.isdigit():
+        raise SpecError(
+            f"input spec {context!r}: dynamic dimension {name!r} needs the size to use for generated data, "
+            f"e.g. {name}=128"
+        )
+    return Dim(name, int(example))
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model's inputs (in call order) and outputs (in flattened order)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:
+        return cls(tuple(TensorSpec.from_json(s) for s in data["inputs"]),
+                   tuple(TensorSpec.from_json(s) for s in data.get("outputs", [])))
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    return np.dtype(DTYPES[dtype])
+
+
+def torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return getattr(torch, dtype)
+
+
+def check_inputs(spec: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> None:
+    """Check names, ranks, dtypes and static dims; raise one SpecError listing every problem."""
+    problems: list[str] = []
+    expected = {s.name for s in spec}
+    missing = [n for n in expected if n not in inputs]
+    extra = [n for n in inputs if n not in expected]
+    if missing:
+        problems.append(f"missing input(s) {', '.join(sorted(missing))}")
+    if extra:
+        problems.append(f"unexpected input(s) {', '.join(sorted(extra))} (expected {', '.join(sorted(expected))})")
+    batch_sizes: set[int] = set()
+    for s in spec:
+        if s.name not in inputs:
+            continue
+        value = inputs[s.name]
+        shape = tuple(value.shape)
+        dtype = str(value.dtype).removeprefix("torch.")
+        if dtype != s.dtype and not (s.dtype == "bfloat16" and dtype == "float32"):
+            problems.append(f"{s.name}: dtype {dtype}, expected {s.dtype}")
+        if len(shape) != len(s.shape):
+            problems.append(f"{s.name}: shape {list(shape)} has rank {len(shape)}, expected {s}")
+            continue
+        for axis, (got, want) in enumerate(zip(shape, s.shape, strict=True)):
+            if isinstance(want, int) and got != want:
+                problems.append(f"{s.name}: dimension {axis} is {got}, expected {want} ({s})")
+        if s.batch_axis is not None:
+            batch_sizes.add(shape[s.batch_axis])
+    if len(batch_sizes) > 1:
+        problems.append(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    if problems:
+        raise SpecError("inputs do not fit the model's spec: " + "; ".join(problems))

@@ -1,0 +1,177 @@
+"""Judge a candidate against the FP32 reference on the same data.
+
+Which figure decides depends on what the user told us, as users of Polygraphy
+and Optimum asked for: task accuracy when labels exist, top-1 agreement for a
+classifier without labels, otherwise cosine similarity per sample. Abs/rel error
+distributions are always reported so noise can be told from a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from inferforge.data import Dataset
+from inferforge.types import ModelSpec
+
+
+class Task(StrEnum):
+    AUTO = "auto"  # classify when labels are given, otherwise compare outputs
+    CLASSIFY = "classify"  # the first output holds class scores
+    EMBED = "embed"  # outputs are embeddings: cosine decides
+    GENERIC = "generic"
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """How far a candidate may drift from the reference. Accuracy figures are fractions (0.01 = 1 point)."""
+
+    max_accuracy_drop: float = 0.01
+    min_cosine: float = 0.99
+    min_top1_agreement: float = 0.99
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """Per-output difference statistics between candidate and reference."""
+
+    name: str
+    max_abs: float
+    p99_abs: float
+    mean_abs: float
+    max_rel: float
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None = None
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    samples: int
+    data_origin: str
+    outputs: tuple[OutputAgreement, ...]
+    decided_by: str  # which figure the budget was checked on
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    violations: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.accuracy is None or self.reference_accuracy is None:
+            return None
+        return self.reference_accuracy - self.accuracy
+
+    @property
+    def cosine(self) -> float:
+        return min((o.cosine_mean for o in self.outputs), default=1.0)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.outputs[0].top1_agreement if self.outputs else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["accuracy_drop"] = self.accuracy_drop
+        data["passed"] = self.passed
+        return data
+
+
+def collect_outputs(run: Callable[[dict[str, np.ndarray]], Mapping[str, Any]], dataset: Dataset,
+                    batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Run over the whole dataset in batches; outputs concatenated along the batch axis."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in dataset.batches(batch_size):
+        for name, value in run(batch).items():
+            array = value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            parts.setdefault(name, []).append(array)
+    return {name: np.concatenate(chunks) if chunks[0].ndim else chunks[0] for name, chunks in parts.items()}
+
+
+def resolve_task(task: Task, dataset: Dataset) -> Task:
+    if task is Task.AUTO:
+        return Task.CLASSIFY if dataset.labels is not None else Task.GENERIC
+    return task
+
+
+def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], spec: ModelSpec,
+            dataset: Dataset, task: Task, budget: AccuracyBudget) -> AccuracyReport:
+    """Compare every output; check the budget on the figure the task calls for."""
+    task = resolve_task(task, dataset)
+    outputs = []
+    violations = []
+    for out in spec.outputs:
+        ref = reference[out.name].astype(np.float64)
+        got = candidate[out.name].astype(np.float64)
+        if ref.shape != got.shape:
+            violations.append(f"output {out.name} has shape {list(got.shape)}, reference {list(ref.shape)}")
+            continue
+        if not np.all(np.isfinite(got)) and np.all(np.isfinite(ref)):
+            violations.append(f"output {out.name} has NaN or Inf where the reference is finite")
+        is_scores = task is Task.CLASSIFY and out is spec.outputs[0]
+        outputs.append(_agreement(out.name, ref, got, is_scores, out.batch_axis == 0))
+    accuracy = reference_accuracy = None
+    if task is Task.CLASSIFY and dataset.labels is not None and outputs:
+        first = spec.outputs[0].name
+        reference_accuracy = _accuracy(reference[first], dataset.labels)
+        accuracy = _accuracy(candidate[first], dataset.labels)
+        decided_by = "accuracy drop"
+        drop = reference_accuracy - accuracy
+        if drop > budget.max_accuracy_drop:
+            violations.append(f"accuracy drop {drop * 100:.2f} points > budget {budget.max_accuracy_drop * 100:.2f} "
+                              f"({accuracy * 100:.2f}% vs {reference_accuracy * 100:.2f}%)")
+    elif task is Task.CLASSIFY and outputs:
+        decided_by = "top-1 agreement"
+        agreement = outputs[0].top1_agreement or 0.0
+        if agreement < budget.min_top1_agreement:
+            violations.append(f"top-1 agreement {agreement:.4f} < budget {budget.min_top1_agreement}")
+    else:
+        decided_by = "cosine similarity"
+        for o in outputs:
+            if o.cosine_mean < budget.min_cosine:
+                violations.append(f"output {o.name}: mean cosine {o.cosine_mean:.5f} < budget {budget.min_cosine}")
+    return AccuracyReport(len(dataset), dataset.origin, tuple(outputs), decided_by, accuracy, reference_accuracy,
+                          tuple(violations))
+
+
+def _agreement(name: str, ref: np.ndarray, got: np.ndarray, is_scores: bool, batched: bool) -> OutputAgreement:
+    diff = np.abs(got - ref)
+    # Relative error against the output's own scale: elementwise |ref| near 0 would make it meaningless.
+    scale = np.abs(ref) + 1e-3 * max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+    per_sample_ref = ref.reshape(len(ref), -1) if batched and ref.ndim else ref.reshape(1, -1)
+    per_sample_got = got.reshape(len(got), -1) if batched and got.ndim else got.reshape(1, -1)
+    cosines = _cosine(per_sample_ref, per_sample_got)
+    top1 = None
+    if is_scores and ref.ndim >= 2:
+        top1 = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
+    return OutputAgreement(
+        name=name,
+        max_abs=float(diff.max(initial=0.0)),
+        p99_abs=float(np.percentile(diff, 99)) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_rel=float((diff / scale).max(initial=0.0)),
+        cosine_mean=float(cosines.mean()) if cosines.size else 1.0,
+        cosine_min=float(cosines.min()) if cosines.size else 1.0,
+        top1_agreement=top1,
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row cosine similarity; two all-zero rows agree perfectly (cosine 1)."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.where(both_zero, 1.0, cos)
+
+
+def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(scores.reshape(len(labels), -1).argmax(-1) == labels))

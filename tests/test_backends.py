@@ -1,0 +1,82 @@
+"""One contract suite, run over every backend: build, load from files only, numerics, both I/O kinds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inferforge.backends import backend_names, get_backend
+from inferforge.backends.base import BuildConfig
+from inferforge.data import generate_inputs
+from inferforge.source import load_source
+from inferforge.types import Precision
+
+TOLERANCE = {Precision.FP32: 1e-4, Precision.BF16: 5e-2}
+
+
+def _configs() -> list[BuildConfig]:
+    configs = []
+    for name in backend_names():
+        configs += get_backend(name).configs("cpu")
+    return configs
+
+
+@pytest.mark.parametrize("config", _configs(), ids=lambda c: c.key())
+@pytest.mark.parametrize("factory", ["make_cnn", "make_two_inputs"])
+def test_backend_contract(config: BuildConfig, factory: str, tmp_path: Path) -> None:
+    source = load_source(f"models:{factory}")
+    backend = get_backend(config.backend)
+    reason = backend.unavailable_reason(config, source)
+    if reason:
+        pytest.skip(reason)
+    artifact = backend.build(source, config, tmp_path)
+    assert artifact.files and all((tmp_path / f).is_file() for f in artifact.files)
+    assert artifact.size_bytes > 0
+    runner = backend.load(artifact, source.spec, threads=2)
+
+    for batch in (1, 5):
+        inputs = generate_inputs(source.spec, batch, seed=batch)
+        with torch.inference_mode():
+            expected = source.module(*[torch.from_numpy(v) for v in inputs.values()])
+        got = runner(inputs)
+        assert list(got) == source.spec.output_names
+        for spec, want in zip(source.spec.outputs, expected, strict=True):
+            assert isinstance(got[spec.name], np.ndarray)
+            assert got[spec.name].dtype == np.dtype(spec.dtype)
+            scale = max(1.0, float(want.abs().max()))
+            np.testing.assert_allclose(got[spec.name], want.numpy(), atol=TOLERANCE[config.precision] * scale,
+                                       rtol=TOLERANCE[config.precision])
+
+    as_torch = runner({k: torch.from_numpy(v) for k, v in generate_inputs(source.spec, 2).items()})
+    assert all(isinstance(v, torch.Tensor) for v in as_torch.values())
+
+
+def test_onnxruntime_takes_an_onnx_source(tmp_path: Path) -> None:
+    from models import make_mlp
+
+    model, (x,) = make_mlp()
+    path = tmp_path / "in.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    source = load_source(path)
+    for name in ("eager", "torchscript", "inductor"):
+        backend = get_backend(name)
+        assert backend.unavailable_reason(backend.configs("cpu")[0], source) is not None
+    ort = get_backend("onnxruntime")
+    (tmp_path / "out").mkdir()
+    runner = ort.load(ort.build(source, ort.configs("cpu")[0], tmp_path / "out"), source.spec, threads=1)
+    got = runner({"x": np.ones((3, 16), np.float32)})["y"]
+    np.testing.assert_allclose(got, model(torch.ones(3, 16)).detach().numpy(), atol=1e-5)
+
+
+def test_runner_rejects_inputs_outside_the_spec(tmp_path: Path) -> None:
+    from inferforge.errors import SpecError
+
+    source = load_source("models:make_mlp")
+    backend = get_backend("onnxruntime")
+    runner = backend.load(backend.build(source, backend.configs("cpu")[0], tmp_path), source.spec, threads=1)
+    with pytest.raises(SpecError, match="dimension 1 is 3, expected 16"):
+        runner({"x": np.zeros((2, 3), np.float32)})

@@ -1,0 +1,148 @@
+"""End to end: optimize -> package -> load, plus what a package must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fast_options
+
+import inferforge
+from inferforge.backends.onnxruntime import OnnxRuntimeBackend
+from inferforge.errors import PackageError
+from inferforge.package import MANIFEST
+from inferforge.search import Objective, Status
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[inferforge.api.OptimizeResult, Path]:
+    out = tmp_path_factory.mktemp("pkg") / "mlp.inferforge"
+    result = inferforge.optimize("models:make_mlp", out=out,
+                                 options=fast_options(backends=("eager", "torchscript", "onnxruntime")))
+    assert result.package == out
+    return result, out
+
+
+def test_search_ranks_every_candidate_and_picks_the_fastest_passed(packaged: tuple) -> None:
+    result, _ = packaged
+    statuses = {c.key: c.status for c in result.search.candidates}
+    assert statuses["eager-fp32"] is Status.PASSED and statuses["onnxruntime-fp32"] is Status.PASSED
+    passed = result.search.passed
+    assert result.best is passed[0]
+    assert [c.bench.latency.p50_ms for c in passed] == sorted(c.bench.latency.p50_ms for c in passed)
+    for c in passed:
+        assert c.bench.threads == 2 and c.bench.sweep[-1].batch_size == 4 and c.build_seconds is not None
+
+
+def test_package_manifest_and_reports(packaged: tuple) -> None:
+    result, out = packaged
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["chosen"] == result.best.key
+    assert manifest["spec"]["inputs"][0]["name"] == "x"
+    assert manifest["environment"]["libraries"]["torch"] == torch.__version__.split("+")[0] or \
+        manifest["environment"]["libraries"]["torch"]
+    for entry in manifest["artifacts"]:
+        assert entry["sha256"] and all(len(h) == 64 for h in entry["sha256"].values())
+        assert (out / entry["path"]).is_dir()
+    assert "## Leaderboard" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["picked"] == result.best.key
+    assert not list(out.parent.glob(".mlp.inferforge.*")), "staging folder left behind"
+
+
+def test_load_returns_the_models_outputs(packaged: tuple) -> None:
+    result, out = packaged
+    runner = inferforge.load(out)
+    assert runner.selection.key == result.best.key and runner.selection.passed_over == ()
+    x = np.random.default_rng(3).standard_normal((6, 16)).astype(np.float32)
+    with torch.inference_mode():
+        want = result.source.module(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(runner({"x": x})["output"], want, atol=1e-5)
+
+
+def test_load_refuses_a_modified_artifact(packaged: tuple, tmp_path: Path) -> None:
+    import shutil
+
+    _, out = packaged
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    first = manifest["artifacts"][0]
+    victim = copy / first["path"] / next(iter(first["sha256"]))
+    victim.write_bytes(victim.read_bytes() + b"tampered")
+    with pytest.raises(PackageError, match="does not match its checksum"):
+        inferforge.load(copy)
+
+
+def test_load_falls_back_when_the_machine_does_not_fit(packaged: tuple, tmp_path: Path) -> None:
+    import shutil
+
+    _, out = packaged
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["artifacts"][0]["requires"] = {"package:torch": ">=99.0"}
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="passed over"):
+        runner = inferforge.load(copy)
+    assert runner.selection.rank == 1
+    assert "needs torch >=99.0" in runner.selection.passed_over[0]
+    for entry in manifest["artifacts"]:
+        entry["requires"] = {"cpu_flag:no_such_feature": "yes"}
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="no artifact .* can run on this machine.*no_such_feature"):
+        inferforge.load(copy)
+
+
+def test_not_a_package_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PackageError, match="no inferforge.json"):
+        inferforge.load(tmp_path)
+    with pytest.raises(PackageError, match="does not exist"):
+        inferforge.load(tmp_path / "nope")
+
+
+def test_existing_package_is_kept_unless_overwrite(packaged: tuple) -> None:
+    _, out = packaged
+    before = (out / MANIFEST).read_text()
+    with pytest.raises(PackageError, match="already exists"):
+        inferforge.optimize("models:make_mlp", out=out, options=fast_options(backends=("onnxruntime",)))
+    assert (out / MANIFEST).read_text() == before
+
+
+def test_a_failing_backend_never_stops_the_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter crashed\nwith a long\ntrace")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build", explode)
+    result = inferforge.optimize("models:make_cnn", options=fast_options(backends=("eager", "onnxruntime")))
+    failed = next(c for c in result.search.candidates if c.key == "onnxruntime-fp32")
+    assert failed.status is Status.FAILED
+    assert failed.reason == "build: RuntimeError: exporter crashed with a long trace"
+    assert result.best is not None and result.best.key.startswith("eager")
+
+
+def test_budget_rejects_with_the_figure_and_throughput_objective(tmp_path: Path) -> None:
+    from inferforge.validate import AccuracyBudget, Task
+
+    impossible = AccuracyBudget(min_cosine=1.01)
+    result = inferforge.optimize("models:make_two_inputs", out=tmp_path / "p",
+                                 options=fast_options(backends=("onnxruntime",), task=Task.EMBED, budget=impossible,
+                                                      objective=Objective.THROUGHPUT))
+    candidate = result.search.candidates[0]
+    assert candidate.status is Status.REJECTED
+    assert "mean cosine" in candidate.reason and "< budget 1.01" in candidate.reason
+    assert result.package is None and not (tmp_path / "p").exists()
+
+
+def test_user_data_folder_with_labels(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(data / "image.npy", rng.standard_normal((12, 3, 16, 16)).astype(np.float32))
+    np.save(data / "labels.npy", rng.integers(0, 4, 12))
+    result = inferforge.optimize("models:make_cnn", data=str(data), options=fast_options(backends=("onnxruntime",)))
+    report = result.search.candidates[0].accuracy
+    assert report.decided_by == "accuracy drop" and report.samples == 12
+    assert report.accuracy == report.reference_accuracy
