@@ -100,3 +100,11 @@ def make_raises() -> nn.Module:
 
 def make_not_a_model() -> str:
     return "not a model"
+
+
+def export_mlp_onnx(path: str) -> nn.Module:
+    """Write the MLP as ONNX (input x, output y, dynamic batch) with the TorchScript-based exporter."""
+    model, (x,) = make_mlp()
+    torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return model

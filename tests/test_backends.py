@@ -55,12 +55,10 @@ def test_backend_contract(config: BuildConfig, factory: str, tmp_path: Path) -> 
 
 
 def test_onnxruntime_takes_an_onnx_source(tmp_path: Path) -> None:
-    from models import make_mlp
+    from models import export_mlp_onnx
 
-    model, (x,) = make_mlp()
     path = tmp_path / "in.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model = export_mlp_onnx(str(path))
     source = load_source(path)
     for name in ("eager", "torchscript", "inductor"):
         backend = get_backend(name)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import make_mlp
+from models import export_mlp_onnx, make_mlp
 
 from inferforge.errors import SourceError, SpecError
 from inferforge.source import SourceKind, load_source
@@ -54,14 +54,12 @@ def test_exported_program_file(tmp_path: Path) -> None:
 
 
 def test_onnx_file_reads_its_spec(tmp_path: Path) -> None:
-    model, (x,) = make_mlp()
     path = tmp_path / "mlp.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    export_mlp_onnx(str(path))
     source = load_source(path)
     assert source.kind is SourceKind.ONNX and source.module is None
     assert str(source.spec.inputs[0]) == "x:float32[B,16]"
-    assert source.spec.output_names == ["logits"]
+    assert source.spec.output_names == ["y"]
 
 
 @pytest.mark.parametrize("ref, fragment", [

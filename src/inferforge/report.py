@@ -12,8 +12,8 @@ from inferforge.data import Dataset
 from inferforge.environment import fingerprint
 from inferforge.search import CandidateResult, SearchResult, Status
 
-COLUMNS = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "cv", "best tput /s", "accuracy", "build s",
-           "size MB", "peak RSS MB", "note")
+COLUMNS = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "cv", "best tput /s", "accuracy", "max abs err",
+           "build s", "size MB", "peak RSS MB", "note")
 
 
 def _accuracy_cell(c: CandidateResult) -> str:
@@ -43,6 +43,7 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
             f"{b.latency.cv:.2f}" if b else "",
             f"{b.best_throughput:.1f} (bs{max(b.sweep, key=lambda s: s.throughput).batch_size})" if b else "",
             _accuracy_cell(c),
+            f"{max(o.max_abs for o in c.accuracy.outputs):.1e}" if c.accuracy and c.accuracy.outputs else "",
             f"{c.build_seconds:.1f}" if c.build_seconds is not None else "",
             f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
             f"{b.peak_rss_mb:.0f}" if b else "",

@@ -131,6 +131,8 @@ class Backend(ABC):
     name: ClassVar[str]
     accepts: ClassVar[frozenset[SourceKind]]
     options_type: ClassVar[type] = NoOptions
+    # Why a source kind outside ``accepts`` is refused, where a plainer reason than "does not take" helps.
+    refusals: ClassVar[Mapping[SourceKind, str]] = {}
 
     def configs(self, device: str) -> list[BuildConfig]:
         """The candidates this backend proposes for a device (available or not: the search asks)."""
@@ -139,7 +141,7 @@ class Backend(ABC):
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
         """None when the config can be built here, else a sentence saying why not."""
         if source.kind not in self.accepts:
-            return f"{self.name} does not take {source.kind.value} models"
+            return self.refusals.get(source.kind, f"{self.name} does not take {source.kind.value} models")
         if config.device != "cpu":
             return f"{self.name} builds for cpu in this version, not {config.device}"
         return None

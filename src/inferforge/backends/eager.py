@@ -25,13 +25,12 @@ PROGRAM = "model.pt2"
 class EagerBackend(Backend):
     name = "eager"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
+    refusals = {SourceKind.TORCHSCRIPT: "a TorchScript model runs as the torchscript candidate"}
 
     def configs(self, device: str) -> list[BuildConfig]:
         return [BuildConfig(self.name, p, device) for p in (Precision.FP32, Precision.BF16)]
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        if source.kind is SourceKind.TORCHSCRIPT:
-            return "a TorchScript model runs as the torchscript candidate"
         return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:

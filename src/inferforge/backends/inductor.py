@@ -37,13 +37,12 @@ class InductorBackend(Backend):
     name = "inductor"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     options_type = InductorOptions
+    refusals = {SourceKind.TORCHSCRIPT: "torch.compile cannot trace a TorchScript module"}
 
     def configs(self, device: str) -> list[BuildConfig]:
         return [BuildConfig(self.name, Precision.FP32, device, InductorOptions(freezing=f)) for f in (False, True)]
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        if source.kind is SourceKind.TORCHSCRIPT:
-            return "torch.compile cannot trace a TorchScript module"
         return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
