@@ -146,3 +146,13 @@ def test_user_data_folder_with_labels(tmp_path: Path) -> None:
     report = result.search.candidates[0].accuracy
     assert report.decided_by == "accuracy drop" and report.samples == 12
     assert report.accuracy == report.reference_accuracy
+
+
+def test_version_requirements_read_as_written() -> None:
+    from inferforge.environment import unmet_requirements
+
+    torch_minor = ".".join(torch.__version__.split(".")[:2])
+    assert unmet_requirements({"package:torch": f"=={torch_minor}"}) == []
+    assert unmet_requirements({"package:torch": "==1.0"})[0].startswith("needs torch ==1.0")
+    assert unmet_requirements({"package:no-such-pkg": ">=1"})[0].endswith("which is not installed")
+    assert unmet_requirements({"machine": "sparc64"})[0].startswith("was built for sparc64")

@@ -79,7 +79,8 @@ def fingerprint() -> dict[str, Any]:
 
 
 def unmet_requirements(requires: dict[str, str]) -> list[str]:
-    """Each requirement this host misses, as a sentence. Keys: ``package:NAME`` (">=X.Y"),
+    """Each requirement this host misses, as a sentence. Keys: ``package:NAME`` (">=X.Y", or "==X.Y" for
+    the X.Y series),
     ``cpu_flag:NAME`` and ``machine`` (e.g. "x86_64")."""
     problems = []
     for key, want in requires.items():
@@ -88,13 +89,23 @@ def unmet_requirements(requires: dict[str, str]) -> list[str]:
             have = version_of(name)
             if have is None:
                 problems.append(f"needs the Python package {name} {want}, which is not installed")
-            elif want.startswith(">=") and _version_tuple(have) < _version_tuple(want[2:]):
+            elif not _version_satisfies(have, want):
                 problems.append(f"needs {name} {want}, this machine has {have}")
         elif kind == "cpu_flag" and name not in cpu_flags():
             problems.append(f"needs the CPU feature {name}, which this CPU ({cpu_model()}) lacks")
         elif kind == "machine" and platform.machine() != want:
             problems.append(f"was built for {want}, this machine is {platform.machine()}")
     return problems
+
+
+def _version_satisfies(have: str, want: str) -> bool:
+    """">=X.Y": at least X.Y; "==X.Y": any release of the X.Y series."""
+    bound = _version_tuple(want[2:])
+    if want.startswith(">="):
+        return _version_tuple(have) >= bound
+    if want.startswith("=="):
+        return _version_tuple(have)[: len(bound)] == bound
+    return True
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

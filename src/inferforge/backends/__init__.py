@@ -16,6 +16,7 @@ _MODULES: dict[str, str] = {
     "eager": "inferforge.backends.eager:EagerBackend",
     "torchscript": "inferforge.backends.torchscript:TorchScriptBackend",
     "inductor": "inferforge.backends.inductor:InductorBackend",
+    "aoti": "inferforge.backends.aoti:AotInductorBackend",
     "onnxruntime": "inferforge.backends.onnxruntime:OnnxRuntimeBackend",
 }
 

@@ -1,0 +1,68 @@
+"""AOTInductor: Inductor compiled ahead of time into a shared library inside a .pt2 package.
+
+Unlike the ``inductor`` candidate, which recompiles its kernels from a cache when
+loaded, this artifact loads the compiled library directly: no compiler is needed
+where it runs. The price is portability: the library is tied to the torch that
+built it, the machine architecture, and the vector ISA Inductor chose (AVX-512 or
+AVX2), all of which the artifact records as requirements.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.torch_common import TorchRunner, precision_unavailable, set_torch_threads
+from inferforge.source import ModelSource, SourceKind
+from inferforge.types import ModelSpec
+
+PACKAGE = "model.pt2"
+
+
+class AotInductorBackend(Backend):
+    name = "aoti"
+    accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
+    refusals = {SourceKind.TORCHSCRIPT: "AOTInductor compiles torch.export programs, not TorchScript"}
+
+    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
+        return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
+
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+        import torch
+        from torch._inductor import aoti_compile_and_package
+
+        with torch.inference_mode():
+            aoti_compile_and_package(source.exported_program(), package_path=str(out_dir / PACKAGE))
+        isa = _vector_isa()
+        requires = {"package:torch": f"=={_torch_minor()}", "machine": platform.machine()}
+        if isa:
+            requires[f"cpu_flag:{isa}"] = "yes"
+        return artifact_from_dir(config, out_dir, requires, {"format": "AOTInductor package", "vector_isa": isa})
+
+    def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
+        from torch._inductor import aoti_load_package
+
+        set_torch_threads(threads)
+        return TorchRunner(spec, artifact, aoti_load_package(str(artifact.directory / PACKAGE)))
+
+
+def _torch_minor() -> str:
+    import torch
+
+    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
+def _vector_isa() -> str | None:
+    """The CPU flag the compiled kernels need: Inductor vectorizes for the best ISA it found here."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        name = str(pick_vec_isa()).lower()
+    except Exception:
+        return None
+    if "avx512" in name:
+        return "avx512f"
+    if "avx2" in name:
+        return "avx2"
+    return None
