@@ -116,9 +116,10 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def torch_requirement() -> dict[str, str]:
-    """Serialized torch programs load on the torch that wrote them or newer."""
+def torch_requirement(same_series: bool = False) -> dict[str, str]:
+    """Serialized torch programs load on the torch that wrote them or newer; compiled libraries
+    (``same_series``) only on the same X.Y series."""
     import torch
 
     major, minor = torch.__version__.split(".")[:2]
-    return {"package:torch": f">={major}.{minor}"}
+    return {"package:torch": f"{'==' if same_series else '>='}{major}.{minor}"}

@@ -12,21 +12,19 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
-from inferforge.backends.torch_common import TorchRunner, precision_unavailable, set_torch_threads
+from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
+from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec
 
 PACKAGE = "model.pt2"
 
 
-class AotInductorBackend(Backend):
+class AotInductorBackend(TorchBackend):
     name = "aoti"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     refusals = {SourceKind.TORCHSCRIPT: "AOTInductor compiles torch.export programs, not TorchScript"}
-
-    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
         import torch
@@ -35,7 +33,7 @@ class AotInductorBackend(Backend):
         with torch.inference_mode():
             aoti_compile_and_package(source.exported_program(), package_path=str(out_dir / PACKAGE))
         isa = _vector_isa()
-        requires = {"package:torch": f"=={_torch_minor()}", "machine": platform.machine()}
+        requires = {**torch_requirement(same_series=True), "machine": platform.machine()}
         if isa:
             requires[f"cpu_flag:{isa}"] = "yes"
         return artifact_from_dir(config, out_dir, requires, {"format": "AOTInductor package", "vector_isa": isa})
@@ -45,12 +43,6 @@ class AotInductorBackend(Backend):
 
         set_torch_threads(threads)
         return TorchRunner(spec, artifact, aoti_load_package(str(artifact.directory / PACKAGE)))
-
-
-def _torch_minor() -> str:
-    import torch
-
-    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
 def _vector_isa() -> str | None:

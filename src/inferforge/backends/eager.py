@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import (
+    TorchBackend,
     TorchRunner,
     cast_module,
-    precision_unavailable,
     set_torch_threads,
 )
 from inferforge.environment import torch_requirement
@@ -22,16 +22,13 @@ from inferforge.types import ModelSpec, Precision
 PROGRAM = "model.pt2"
 
 
-class EagerBackend(Backend):
+class EagerBackend(TorchBackend):
     name = "eager"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     refusals = {SourceKind.TORCHSCRIPT: "a TorchScript model runs as the torchscript candidate"}
 
     def configs(self, device: str) -> list[BuildConfig]:
         return [BuildConfig(self.name, p, device) for p in (Precision.FP32, Precision.BF16)]
-
-    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
         import torch

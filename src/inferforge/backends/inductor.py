@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
-from inferforge.backends.torch_common import TorchRunner, precision_unavailable, set_torch_threads
+from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
 from inferforge.data import generate_inputs
 from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
@@ -33,7 +33,7 @@ class InductorOptions:
     freezing: bool = False
 
 
-class InductorBackend(Backend):
+class InductorBackend(TorchBackend):
     name = "inductor"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     options_type = InductorOptions
@@ -41,9 +41,6 @@ class InductorBackend(Backend):
 
     def configs(self, device: str) -> list[BuildConfig]:
         return [BuildConfig(self.name, Precision.FP32, device, InductorOptions(freezing=f)) for f in (False, True)]
-
-    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
         import torch

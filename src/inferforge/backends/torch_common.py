@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from inferforge.backends.base import Artifact, Runner
+from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner
 from inferforge.environment import native_bf16_reason
+from inferforge.source import ModelSource
 from inferforge.types import ModelSpec, Precision
 
 
@@ -31,6 +32,13 @@ def precision_unavailable(precision: Precision) -> str | None:
     if precision is not Precision.FP32:
         return f"{precision.value} is not built on cpu"
     return None
+
+
+class TorchBackend(Backend):
+    """A backend that computes in PyTorch: besides the source kind, the precision must run natively here."""
+
+    def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
+        return super().unavailable_reason(config, source) or precision_unavailable(config.precision)
 
 
 class TorchRunner(Runner):
