@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-cpu clean
+.PHONY: demo test lint bench-cpu protos clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch and torchvision first, pinned: these exact releases are on the machines' disks.
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[demo,dev]'
+	$(BIN)/python -m pip install -q -e '.[serve,demo,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +26,10 @@ test: $(STAMP) lint
 
 bench-cpu: $(STAMP)
 	$(BIN)/python benchmarks/cpu_peers.py
+
+# The gRPC messages (src/inferforge/serve/kserve_v2_pb2.py) from their .proto; needs the dev extra.
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src src/inferforge/serve/kserve_v2.proto
 
 clean:
 	rm -rf $(VENV) demo-packages .pytest_cache .mypy_cache .ruff_cache

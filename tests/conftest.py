@@ -23,3 +23,14 @@ def fast_options(**kwargs: object) -> SearchOptions:
 @pytest.fixture
 def models_file() -> str:
     return str(Path(__file__).parent / "models.py")
+
+
+@pytest.fixture(scope="session")
+def mlp_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real package (TinyMLP: x float32[B,16] -> output float32[B,5]) for the serving tests."""
+    import inferforge
+
+    out = tmp_path_factory.mktemp("serve") / "mlp.inferforge"
+    inferforge.optimize("models:make_mlp", out=out, name="mlp",
+                        options=fast_options(backends=("eager", "onnxruntime")))
+    return out

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferforge.data import Dataset, generated_dataset, load_dataset
 from inferforge.package import write_package
@@ -18,6 +18,9 @@ from inferforge.report import markdown_leaderboard, report_json, report_markdown
 from inferforge.search import CandidateResult, Progress, SearchOptions, SearchResult, run_search
 from inferforge.source import ModelSource, load_source
 from inferforge.types import TensorSpec
+
+if TYPE_CHECKING:
+    from inferforge.serve.adapters import AdapterSpec
 
 DEFAULT_GENERATED_SAMPLES = 64
 
@@ -43,16 +46,21 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
              data: str | Dataset | None = None, options: SearchOptions | None = None,
              out: str | Path | None = None, name: str | None = None, fallbacks: int = 2,
              overwrite: bool = False, progress: Progress | None = None,
-             workdir: str | Path | None = None) -> OptimizeResult:
+             workdir: str | Path | None = None, adapter: AdapterSpec | None = None) -> OptimizeResult:
     """Build every candidate that applies here, validate, benchmark, pick and package the best.
 
     ``model``: an nn.Module, 'file.py:factory', 'package.module:factory', or a .pt/.pt2/.onnx path.
     ``data``: a Dataset, a folder of .npy/.npz, or 'file.py:function'; None generates inputs from the spec.
-    ``out``: the package folder; None skips packaging. Raises InferforgeError subclasses for bad input;
-    candidate failures are recorded in the result, never raised.
+    ``out``: the package folder; None skips packaging. ``adapter``: an input adapter to package
+    (an ImageAdapterSpec or TextAdapterSpec), checked against the model before the search starts.
+    Raises InferforgeError subclasses for bad input; candidate failures are recorded in the result, never raised.
     """
     options = options or SearchOptions()
     source = load_source(model, inputs=inputs, example_inputs=example_inputs, name=name)
+    if adapter is not None:
+        from inferforge.serve.adapters import build_adapter
+
+        build_adapter(adapter, source.spec)  # fail now, not after the search
     if isinstance(data, Dataset):
         dataset = data
     elif data is not None:
@@ -67,7 +75,8 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
             package = write_package(
                 search, source.spec, Path(out), model_name=source.name, source_fingerprint=source.fingerprint(),
                 report_json=report_json(search, dataset, source.name),
-                report_md=report_markdown(search, dataset, source.name), fallbacks=fallbacks, overwrite=overwrite)
+                report_md=report_markdown(search, dataset, source.name), fallbacks=fallbacks, overwrite=overwrite,
+                adapter=adapter)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return OptimizeResult(source, search, dataset, package)

@@ -34,6 +34,17 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _adapter(text: str) -> object:
+    """'text:tokenizer=PATH,...' or 'image:target=INPUT,...' -> an adapter spec (parse errors are argparse's)."""
+    from inferforge.errors import SpecError
+    from inferforge.serve.adapters import parse_adapter
+
+    try:
+        return parse_adapter(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferforge", description="Optimize, validate, benchmark and package "
                                      "PyTorch models for inference.")
@@ -59,15 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--fallbacks", type=int, default=2, help="passed candidates packaged after the best")
     opt.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
     opt.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    opt.add_argument("--adapter", type=_adapter, metavar="SPEC",
+                     help="let served clients send sentences or photos: text:tokenizer=PATH[,max_length=N][,input=NAME] "
+                     "or image:target=INPUT[,input=NAME],resize=N|HxW,crop=N|HxW,color=rgb|bgr|gray,scale=X,"
+                     "mean=A/B/C,std=A/B/C,layout=NCHW|NHWC")
 
     info = sub.add_parser("info", help="show a package's manifest: chosen artifact, fallbacks, figures")
     info.add_argument("package", type=Path)
     info.add_argument("--json", action="store_true")
 
+    _add_serve_parser(sub)
+
     demo = sub.add_parser("demo", help="optimize the built-in models (MiniLM-L6 and a digits CNN) and load them back")
     demo.add_argument("--out", type=Path, default=Path("demo-packages"))
     demo.add_argument("--only", choices=["minilm", "digits"], help="run one of the two")
     return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="serve packages over the Open Inference Protocol (HTTP, gRPC, metrics)",
+                           description="Serve one package, or a model repository (REPO/<model>/<version>/<package>), "
+                           "over KServe v2 HTTP and gRPC with dynamic batching, hot reload and Prometheus metrics. "
+                           "Tokens are read from INFERFORGE_TOKEN / INFERFORGE_ADMIN_TOKEN when not given.")
+    serve.add_argument("path", type=Path, help="a package folder or a model repository folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port; -1 turns gRPC off")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="-1 turns the separate metrics port off")
+    serve.add_argument("--token", help="bearer token required for inference and metadata")
+    serve.add_argument("--admin-token", help="bearer token for the repository API (disabled without one)")
+    serve.add_argument("--poll-seconds", type=float, default=2.0, help="repository scan interval; 0 = no polling")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
+    serve.add_argument("--request-timeout", type=float, default=30.0, help="seconds a request may wait and run")
+    serve.add_argument("--max-batch-size", type=int, help="samples per batch (default: the package's best)")
+    serve.add_argument("--max-queue-delay-ms", type=float, help="extra wait for fuller batches (default 0)")
+    serve.add_argument("--preferred-batch-sizes", type=_int_list, help="e.g. 8,16")
+    serve.add_argument("--max-queue-size", type=int, help="samples waiting before 503 (default 16 batches)")
+    serve.add_argument("--instances", type=int, help="model instances per model (default 1)")
+    serve.add_argument("--instance-kind", choices=["thread", "process"], help="default thread")
+    serve.add_argument("--threads", type=int, help="intra-op threads per instance (default: usable cores)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _optimize(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "serve":
+            from inferforge.serve.cli import serve_command
+
+            return serve_command(args)
         from inferforge.demo import run_demo
 
         return run_demo(args.out, args.only)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferforge.api import OptimizeResult, optimize
 from inferforge.bench import BenchSettings
@@ -16,6 +16,9 @@ from inferforge.progress import SearchProgress, print_table
 from inferforge.report import report_json, rich_leaderboard
 from inferforge.search import Objective, SearchOptions, candidate_configs
 from inferforge.validate import AccuracyBudget, Task
+
+if TYPE_CHECKING:
+    from inferforge.serve.adapters import AdapterSpec
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
@@ -33,12 +36,13 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
 
 
 def run_optimize(model: str, *, inputs: list[str], data: str | None, options: SearchOptions, out: Path | None,
-                 name: str | None, fallbacks: int, overwrite: bool, quiet: bool = False) -> OptimizeResult:
+                 name: str | None, fallbacks: int, overwrite: bool, quiet: bool = False,
+                 adapter: AdapterSpec | None = None) -> OptimizeResult:
     """optimize() with a live progress display, then the leaderboard on stdout."""
     label = name or model.rsplit(":", 1)[-1]
     with SearchProgress(len(candidate_configs(options)), f"optimizing {label}") as progress:
         result = optimize(model, inputs=inputs, data=data, options=options, out=out, name=name,
-                          fallbacks=fallbacks, overwrite=overwrite, progress=progress)
+                          fallbacks=fallbacks, overwrite=overwrite, progress=progress, adapter=adapter)
     if not quiet:
         print_table(rich_leaderboard(result.search, f"{result.source.name}: validated on {result.dataset.origin}, {len(result.dataset)} samples"))
         if result.package:
@@ -58,7 +62,8 @@ def default_name(model: str) -> str:
 def optimize_command(args: argparse.Namespace) -> int:
     out = args.out or Path(f"{args.name or default_name(args.model)}.inferforge")
     result = run_optimize(args.model, inputs=args.input, data=args.data, options=options_from_args(args),
-                          out=out, name=args.name, fallbacks=args.fallbacks, overwrite=args.overwrite, quiet=args.json)
+                          out=out, name=args.name, fallbacks=args.fallbacks, overwrite=args.overwrite, quiet=args.json,
+                          adapter=args.adapter)
     if args.json:
         print(json.dumps(report_json(result.search, result.dataset, result.source.name), indent=2, default=str))
     return 0 if result.best is not None else 3

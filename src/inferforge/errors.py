@@ -45,3 +45,16 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     if not text.startswith(type(exc).__name__) and not isinstance(exc, InferforgeError):
         text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ProtocolError(InferforgeError):
+    """A served request is malformed or cannot be answered; ``status`` is the HTTP code to send.
+
+    The gRPC front end maps the same status onto its codes (400 -> INVALID_ARGUMENT,
+    404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...), so both protocols say the same thing.
+    """
+
+    def __init__(self, message: str, status: int = 400, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferforge.backends import get_backend
 from inferforge.backends.base import Runner, artifact_from_json
@@ -24,6 +24,9 @@ from inferforge.environment import fingerprint, unmet_requirements, usable_cores
 from inferforge.errors import InferforgeError, PackageError, one_line
 from inferforge.search import CandidateResult, SearchResult
 from inferforge.types import ModelSpec
+
+if TYPE_CHECKING:
+    from inferforge.serve.adapters import AdapterSpec
 
 MANIFEST = "inferforge.json"
 FORMAT_VERSION = 1
@@ -48,11 +51,20 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResul
 
 
 def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_name: str, source_fingerprint: str,
-                  report_json: Mapping[str, Any], report_md: str, fallbacks: int = 2, overwrite: bool = False) -> Path:
-    """Copy the chosen artifacts with checksums and a manifest into ``out`` atomically."""
+                  report_json: Mapping[str, Any], report_md: str, fallbacks: int = 2, overwrite: bool = False,
+                  adapter: AdapterSpec | None = None) -> Path:
+    """Copy the chosen artifacts with checksums and a manifest into ``out`` atomically.
+
+    ``adapter``: the input adapter the server puts in front of the model; checked against
+    ``spec`` (SpecError when it does not fit), its files copied into serve/ and checksummed.
+    """
     chosen = choose_packaged(result, fallbacks)
     if not chosen:
         raise InferforgeError("no candidate passed the accuracy budget, so there is nothing to package")
+    if adapter is not None:
+        from inferforge.serve.adapters import build_adapter  # serving code stays out of optimize's imports
+
+        build_adapter(adapter, spec)
     out = out.resolve()
     if out.exists() and not overwrite:
         raise PackageError(f"{out} already exists: choose another --out or pass --overwrite")
@@ -76,6 +88,8 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
             "spec": spec.to_json(), "objective": result.options.objective.value,
             "chosen": entries[0]["key"], "artifacts": entries, "environment": fingerprint(),
         }
+        if adapter is not None:
+            manifest["serve"] = _write_serve_files(staging, adapter)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         (staging / "report.json").write_text(json.dumps(report_json, indent=2, default=str) + "\n")
         (staging / "report.md").write_text(report_md)
@@ -84,6 +98,19 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _write_serve_files(staging: Path, adapter: AdapterSpec) -> dict[str, Any]:
+    """Copy the adapter's files into serve/ and return the manifest's ``serve`` section."""
+    from inferforge.serve.adapters import SERVE_DIR
+
+    folder = staging / SERVE_DIR
+    folder.mkdir()
+    checksums = {}
+    for name, source in adapter.files().items():
+        shutil.copyfile(source, folder / name)
+        checksums[name] = _sha256(folder / name)
+    return {"path": SERVE_DIR, "sha256": checksums, "adapter": adapter.to_json()}
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

@@ -17,16 +17,21 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Demo:
+    """Each callable is a 'module:function' reference, resolved only when the demo runs."""
+
     model: str
     data: str
     inputs: tuple[str, ...]
     task: str
+    adapter: str  # returns the package's input adapter: served clients send sentences or images
 
 
 DEMOS = {
     "minilm": Demo("inferforge.demo.minilm:make_model", "inferforge.demo.minilm:make_data",
-                   ("input_ids:int64[B,128]:0..30521", "attention_mask:int64[B,128]:0..1"), "embed"),
-    "digits": Demo("inferforge.demo.digits:make_model", "inferforge.demo.digits:make_data", (), "classify"),
+                   ("input_ids:int64[B,128]:0..30521", "attention_mask:int64[B,128]:0..1"), "embed",
+                   "inferforge.demo.minilm:make_adapter"),
+    "digits": Demo("inferforge.demo.digits:make_model", "inferforge.demo.digits:make_data", (), "classify",
+                   "inferforge.demo.digits:make_adapter"),
 }
 
 
@@ -35,6 +40,7 @@ def run_demo(out: Path, only: str | None = None) -> int:
     from inferforge.commands import run_optimize
     from inferforge.package import load
     from inferforge.search import SearchOptions
+    from inferforge.source import resolve_callable
     from inferforge.validate import Task
 
     started = time.perf_counter()
@@ -43,7 +49,8 @@ def run_demo(out: Path, only: str | None = None) -> int:
             continue
         options = SearchOptions(task=Task(demo.task), bench=BenchSettings(batch_sizes=(1, 8, 32)))
         result = run_optimize(demo.model, inputs=list(demo.inputs), data=demo.data, options=options,
-                              out=out / name, name=name, fallbacks=2, overwrite=True)
+                              out=out / name, name=name, fallbacks=2, overwrite=True,
+                              adapter=resolve_callable(demo.adapter, "demo adapter")())
         if result.package is None:
             continue
         t0 = time.perf_counter()

@@ -7,9 +7,12 @@ split (never seen in training) with labels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inferforge.serve.adapters import ImageAdapterSpec
 
 SEED = 0
 
@@ -32,6 +35,18 @@ def _network() -> Any:
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
     )
+
+
+def make_adapter() -> ImageAdapterSpec:
+    """Served clients send a photo of a digit: gray, shrunk to 8x8 by area averaging (as the digits
+    were made: counts of ink in 4x4 blocks) and scaled to 0..1 like ``_split``'s images / 16.
+
+    The digits are light ink on a dark ground (0 = blank): send images the same way round.
+    """
+    from inferforge.preprocess import ImagePipeline
+    from inferforge.serve.adapters import ImageAdapterSpec
+
+    return ImageAdapterSpec("image", ImagePipeline(resize=(8, 8), color="gray", scale=1 / 255, layout="NCHW"))
 
 
 def make_model(epochs: int = 12) -> tuple[Any, Any]:

@@ -9,9 +9,12 @@ positions (meaningless, and different between engines) out of the comparison.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inferforge.serve.adapters import TextAdapterSpec
 
 SEQUENCE_LENGTH = 128
 
@@ -100,6 +103,13 @@ def tokenize(sentences: list[str]) -> dict[str, np.ndarray]:
     encoded = tokenizer.encode_batch(sentences)
     return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}
+
+
+def make_adapter() -> TextAdapterSpec:
+    """Served clients send sentences: the package keeps this tokenizer, set as ``tokenize`` sets it."""
+    from inferforge.serve.adapters import TextAdapterSpec
+
+    return TextAdapterSpec(_model_dir() / "tokenizer.json", max_length=SEQUENCE_LENGTH)
 
 
 def make_model() -> tuple[Any, Any]:
