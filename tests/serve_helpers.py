@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def request(server: BackgroundServer, method: str, path: str, body: bytes | dict
     return response.status, dict(response.getheaders()), payload
 
 
+def post_rows(server: BackgroundServer, rows: int = 1, value: float = 1.0) -> tuple[int, dict[str, str], bytes]:
+    """An infer request to the mlp model with ``rows`` rows, every element ``value``."""
+    return request(server, "POST", "/v2/models/mlp/infer", infer_json(np.full((rows, 16), value, np.float32)))
+
+
 def infer_json(x: np.ndarray) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
 
@@ -70,6 +76,15 @@ def hold(server: BackgroundServer, model: str = "mlp") -> HeldInstance:
     held = HeldInstance(instance.run)
     instance.run = held.run  # type: ignore[method-assign]
     return held
+
+
+def hold_one_request(server: BackgroundServer, pool: Executor, rows: int = 1,
+                     value: float = 0.0) -> tuple[HeldInstance, Future]:
+    """Send one request and return once its batch is running and held: later requests must queue."""
+    held = hold(server)
+    future = pool.submit(post_rows, server, rows, value)
+    assert held.entered.wait(30), "the first request never reached the model"
+    return held, future
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

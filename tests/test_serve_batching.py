@@ -7,22 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from serve_helpers import hold, infer_json, request, serving, wait_until
-
-
-def _post(server, rows: int = 1, value: float = 1.0) -> tuple[int, dict, bytes]:
-    return request(server, "POST", "/v2/models/mlp/infer", infer_json(np.full((rows, 16), value, np.float32)))
+from serve_helpers import hold, hold_one_request, infer_json, post_rows, request, serving, wait_until
 
 
 def test_queued_requests_fill_one_batch_and_each_gets_its_own_rows(mlp_package: Path) -> None:
     with serving(mlp_package, batching={"max_batch_size": 16}) as server:
-        held = hold(server)
         batcher = server.server.repository.serving["mlp"].batcher
         with ThreadPoolExecutor(16) as pool:
-            first = pool.submit(_post, server, 1, 0.0)
-            assert held.entered.wait(30)
+            held, first = hold_one_request(server, pool)
             # 14 requests of 1 row (distinct values) queue behind the running batch
-            rest = [pool.submit(_post, server, 1, float(i)) for i in range(1, 15)]
+            rest = [pool.submit(post_rows, server, 1, float(i)) for i in range(1, 15)]
             wait_until(lambda: batcher.queued_rows == 14, what="14 rows queued")
             held.release.set()
             answers = [first.result()] + [f.result() for f in rest]
@@ -37,12 +31,10 @@ def test_queued_requests_fill_one_batch_and_each_gets_its_own_rows(mlp_package: 
 
 def test_max_batch_size_counts_samples_not_requests(mlp_package: Path) -> None:
     with serving(mlp_package, batching={"max_batch_size": 8}) as server:
-        held = hold(server)
         batcher = server.server.repository.serving["mlp"].batcher
         with ThreadPoolExecutor(4) as pool:
-            first = pool.submit(_post, server, 1)
-            assert held.entered.wait(30)
-            big = [pool.submit(_post, server, 5) for _ in range(3)]  # 15 rows: at most one 5-row request per batch
+            held, first = hold_one_request(server, pool)
+            big = [pool.submit(post_rows, server, 5) for _ in range(3)]  # 15 rows: at most one 5-row request per batch
             wait_until(lambda: batcher.queued_rows == 15, what="15 rows queued")
             held.release.set()
             assert all(f.result()[0] == 200 for f in [first, *big])
@@ -51,18 +43,16 @@ def test_max_batch_size_counts_samples_not_requests(mlp_package: Path) -> None:
 
 def test_full_queue_answers_503_with_retry_after_at_once(mlp_package: Path) -> None:
     with serving(mlp_package, batching={"max_batch_size": 4, "max_queue_size": 3}) as server:
-        held = hold(server)
         batcher = server.server.repository.serving["mlp"].batcher
         with ThreadPoolExecutor(8) as pool:
-            running = pool.submit(_post, server, 1)
-            assert held.entered.wait(30)
-            queued = [pool.submit(_post, server, 1) for _ in range(3)]
+            held, running = hold_one_request(server, pool)
+            queued = [pool.submit(post_rows, server, 1) for _ in range(3)]
             wait_until(lambda: batcher.queued_rows == 3, what="a full queue")
-            status, headers, payload = _post(server)
+            status, headers, payload = post_rows(server)
             assert status == 503 and "Retry-After" in headers and b"queue is full" in payload
             held.release.set()
             assert [f.result()[0] for f in [running, *queued]] == [200, 200, 200, 200]
-        assert _post(server)[0] == 200
+        assert post_rows(server)[0] == 200
 
 
 def test_a_failing_batch_fails_only_its_requests(mlp_package: Path) -> None:
@@ -78,31 +68,26 @@ def test_a_failing_batch_fails_only_its_requests(mlp_package: Path) -> None:
             return original(inputs)
 
         instance.run = flaky  # type: ignore[method-assign]
-        status, _, payload = _post(server)
+        status, _, payload = post_rows(server)
         assert status == 500 and b"illegal memory access" in payload
-        assert _post(server)[0] == 200
+        assert post_rows(server)[0] == 200
         assert request(server, "GET", "/v2/health/ready")[0] == 200
 
 
 def test_request_timeout_answers_504(mlp_package: Path) -> None:
-    with serving(mlp_package) as server:
-        held = hold(server)
-        with ThreadPoolExecutor(2) as pool:
-            running = pool.submit(_post, server, 1)
-            assert held.entered.wait(30)
-            body = {**infer_json(np.ones((1, 16), np.float32)), "parameters": {"timeout": 50_000}}  # 50 ms, in µs
-            status, _, payload = request(server, "POST", "/v2/models/mlp/infer", body)
-            assert status == 504 and b"timed out" in payload
-            held.release.set()
-            assert running.result()[0] == 200
+    with serving(mlp_package) as server, ThreadPoolExecutor(2) as pool:
+        held, running = hold_one_request(server, pool)
+        body = {**infer_json(np.ones((1, 16), np.float32)), "parameters": {"timeout": 50_000}}  # 50 ms, in µs
+        status, _, payload = request(server, "POST", "/v2/models/mlp/infer", body)
+        assert status == 504 and b"timed out" in payload
+        held.release.set()
+        assert running.result()[0] == 200
 
 
 def test_graceful_shutdown_finishes_requests_in_flight(mlp_package: Path) -> None:
     with serving(mlp_package) as server:
-        held = hold(server)
         with ThreadPoolExecutor(2) as pool:
-            in_flight = pool.submit(_post, server, 2)
-            assert held.entered.wait(30)
+            held, in_flight = hold_one_request(server, pool, rows=2)
             stopping = pool.submit(server.call, server.server.stop())
             wait_until(lambda: server.server.http.draining, what="draining")
             assert not stopping.done()  # waits for the request still running
@@ -154,7 +139,7 @@ def test_concurrent_clients_form_batches(mlp_package: Path) -> None:
         instance.run = slow  # type: ignore[method-assign]
         before = model.stats.execution_count
         with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(lambda _: _post(server)[0], range(320)))
+            statuses = list(pool.map(lambda _: post_rows(server)[0], range(320)))
         assert statuses == [200] * 320
         batches = model.stats.execution_count - before
         assert batches <= 320 / 3, f"{batches} batches for 320 requests: batching did not form batches"

@@ -49,7 +49,7 @@ def test_check_inputs_lists_every_problem_at_once() -> None:
         check_inputs(spec, {"a": np.zeros((2, 5), np.float32), "c": np.zeros(1)})
     message = str(info.value)
     assert "missing input(s) b" in message
-    assert "unexpected input(s) c" in message
+    assert "unknown input(s) c" in message
     assert "dimension 1 is 5, expected 3" in message
 
 

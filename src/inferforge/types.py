@@ -9,7 +9,7 @@ used for generated data: ``tokens:int64[B,S=128]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -192,16 +192,20 @@ def torch_dtype(dtype: str) -> Any:
     return getattr(torch, dtype)
 
 
+def name_problems(expected: Iterable[str], given: Iterable[str]) -> list[str]:
+    """Missing and unknown input names, each listed, for one error message that says everything."""
+    want, got = set(expected), set(given)
+    problems = []
+    if want - got:
+        problems.append(f"missing input(s) {', '.join(sorted(want - got))}")
+    if got - want:
+        problems.append(f"unknown input(s) {', '.join(sorted(got - want))} (the model takes {', '.join(sorted(want))})")
+    return problems
+
+
 def check_inputs(spec: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> None:
     """Check names, ranks, dtypes and static dims; raise one SpecError listing every problem."""
-    problems: list[str] = []
-    expected = {s.name for s in spec}
-    missing = [n for n in expected if n not in inputs]
-    extra = [n for n in inputs if n not in expected]
-    if missing:
-        problems.append(f"missing input(s) {', '.join(sorted(missing))}")
-    if extra:
-        problems.append(f"unexpected input(s) {', '.join(sorted(extra))} (expected {', '.join(sorted(expected))})")
+    problems = name_problems([s.name for s in spec], inputs)
     batch_sizes: set[int] = set()
     for s in spec:
         if s.name not in inputs:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.errors import ProtocolError
-from inferforge.types import TensorSpec
+from inferforge.types import TensorSpec, name_problems
 
 # KServe v2 datatype -> numpy dtype. BYTES travel as numpy object arrays of bytes.
 DATATYPES: dict[str, np.dtype] = {
@@ -319,14 +319,7 @@ def check_request(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorMet
     Collects every problem (missing or unknown names, datatype, rank, static dims,
     batch above ``max_batch_size``, integer values outside the declared range) into one error.
     """
-    problems: list[str] = []
-    names = {m.name for m in expected}
-    missing = sorted(names - set(inputs))
-    unknown = sorted(set(inputs) - names)
-    if missing:
-        problems.append(f"missing input(s) {', '.join(missing)}")
-    if unknown:
-        problems.append(f"unknown input(s) {', '.join(unknown)} (the model takes {', '.join(sorted(names))})")
+    problems = name_problems([m.name for m in expected], inputs)
     batches: set[int] = set()
     for meta in expected:
         if meta.name not in inputs:
