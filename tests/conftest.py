@@ -9,14 +9,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from inferforge.bench import BenchSettings  # noqa: E402
 from inferforge.search import SearchOptions  # noqa: E402
+from inferforge.validate import AccuracyBudget  # noqa: E402
 
 # Enough runs to exercise the code paths, not to produce figures (figures live in benchmarks/).
 FAST_BENCH = BenchSettings(batch_sizes=(1, 4), warmup_runs=1, min_runs=3, max_runs=50, min_seconds=0.0,
                            max_seconds=0.5, sweep_min_runs=2, sweep_seconds=0.05)
 
 
+# For tests that compare loaded or served outputs at 1e-5: only FP32 candidates meet it, so no INT8 or bf16
+# candidate is picked (dynamic INT8 also answers a row differently when other rows share its batch).
+FP32_EXACT = AccuracyBudget(min_cosine=0.999999)
+
+
 def fast_options(**kwargs: object) -> SearchOptions:
     kwargs.setdefault("threads", 2)
+    kwargs.setdefault("tune", False)
     return SearchOptions(bench=FAST_BENCH, **kwargs)  # type: ignore[arg-type]
 
 
@@ -32,5 +39,6 @@ def mlp_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("serve") / "mlp.inferforge"
     inferforge.optimize("models:make_mlp", out=out, name="mlp",
-                        options=fast_options(backends=("eager", "onnxruntime")))
+                        options=fast_options(backends=("eager", "onnxruntime"), precisions=("fp32",),
+                                             budget=FP32_EXACT))
     return out

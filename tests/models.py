@@ -108,3 +108,67 @@ def export_mlp_onnx(path: str) -> nn.Module:
     torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     return model
+
+
+class SmallCNN(nn.Module):
+    """Enough weights (about 28k) for INT8 to shrink the artifact; a classifier over 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.ReLU(),
+                                      nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image).flatten(1))
+
+
+class WideMLP(nn.Module):
+    """About 83k weights in three Linear layers: the shape dynamic INT8 is for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class OneFragileLayer(nn.Module):
+    """An MLP where INT8 breaks exactly one layer: ``fragile``.
+
+    ``spread`` writes one feature 1000x larger than the others, and ``fragile`` reads that feature with
+    1000x smaller weights, so the FP32 output is well conditioned. But one 8-bit scale for the whole
+    input of ``fragile`` is set by the outlier and rounds every other feature to zero: quantized, the
+    output loses nearly everything (cosine about 0.5), while the other layers quantize fine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spread = nn.Linear(16, 32)
+        self.fragile = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 5)
+        with torch.no_grad():
+            self.spread.weight[0] *= 1000.0
+            self.spread.bias[0] *= 1000.0
+            self.fragile.weight[:, 0] /= 1000.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fragile(self.spread(x))))
+
+
+def make_small_cnn() -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    return SmallCNN().eval(), {"image": torch.randn(2, 3, 32, 32)}
+
+
+def make_wide_mlp() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return WideMLP().eval(), (torch.randn(2, 64),)
+
+
+def make_one_fragile_layer() -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    return OneFragileLayer().eval(), (torch.randn(2, 16),)

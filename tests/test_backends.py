@@ -10,11 +10,11 @@ import torch
 
 from inferforge.backends import backend_names, get_backend
 from inferforge.backends.base import BuildConfig
-from inferforge.data import generate_inputs
+from inferforge.data import generate_inputs, generated_dataset
 from inferforge.source import load_source
 from inferforge.types import Precision
 
-TOLERANCE = {Precision.FP32: 1e-4, Precision.BF16: 5e-2}
+TOLERANCE = {Precision.FP32: 1e-4, Precision.BF16: 5e-2, Precision.INT8: 1e-1}  # INT8: right to ~a tenth of the scale
 
 
 def _configs() -> list[BuildConfig]:
@@ -32,7 +32,7 @@ def test_backend_contract(config: BuildConfig, factory: str, tmp_path: Path) -> 
     reason = backend.unavailable_reason(config, source)
     if reason:
         pytest.skip(reason)
-    artifact = backend.build(source, config, tmp_path)
+    artifact = backend.build(source, config, tmp_path, calibration=generated_dataset(source.spec, 16, seed=9))
     assert artifact.files and all((tmp_path / f).is_file() for f in artifact.files)
     assert artifact.size_bytes > 0
     runner = backend.load(artifact, source.spec, threads=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fast_options
+from conftest import FP32_EXACT, fast_options
 
 import inferforge
 from inferforge.backends.onnxruntime import OnnxRuntimeBackend
@@ -21,7 +21,8 @@ from inferforge.search import Objective, Status
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[inferforge.api.OptimizeResult, Path]:
     out = tmp_path_factory.mktemp("pkg") / "mlp.inferforge"
     result = inferforge.optimize("models:make_mlp", out=out,
-                                 options=fast_options(backends=("eager", "torchscript", "onnxruntime")))
+                                 options=fast_options(backends=("eager", "torchscript", "onnxruntime"),
+                                                      budget=FP32_EXACT))
     assert result.package == out
     return result, out
 

@@ -71,8 +71,8 @@ def test_new_version_under_traffic_switches_with_no_failed_request(repo: Path, m
 def test_a_broken_new_version_leaves_the_old_one_serving(repo: Path, mlp_package: Path) -> None:
     with serving(repo) as server:
         broken = _install(mlp_package, repo, 2)
-        artifact = next(p for p in (broken / "artifacts").rglob("*") if p.is_file())
-        artifact.write_bytes(b"truncated")
+        for artifact in (p for p in (broken / "artifacts").rglob("*") if p.is_file()):
+            artifact.write_bytes(b"truncated")  # every artifact: no fallback may rescue version 2
         server.call(server.server.repository.poll())
         status, _, payload = request(server, "POST", "/v2/models/mlp/infer", infer_json(np.ones((1, 16), np.float32)))
         assert status == 200 and json.loads(payload)["model_version"] == "1"

@@ -12,12 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inferforge.calibration import load_calibration
 from inferforge.data import Dataset, generated_dataset, load_dataset
 from inferforge.package import write_package
 from inferforge.report import markdown_leaderboard, report_json, report_markdown
-from inferforge.search import CandidateResult, Progress, SearchOptions, SearchResult, run_search
+from inferforge.search import (
+    CandidateResult,
+    Progress,
+    SearchOptions,
+    SearchResult,
+    candidate_configs,
+    run_search,
+)
 from inferforge.source import ModelSource, load_source
-from inferforge.types import TensorSpec
+from inferforge.tune import Tuning, tune
+from inferforge.types import Precision, TensorSpec
 
 if TYPE_CHECKING:
     from inferforge.serve.adapters import AdapterSpec
@@ -33,6 +42,7 @@ class OptimizeResult:
     search: SearchResult
     dataset: Dataset
     package: Path | None
+    tuning: Tuning | None = None
 
     @property
     def best(self) -> CandidateResult | None:
@@ -46,13 +56,16 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
              data: str | Dataset | None = None, options: SearchOptions | None = None,
              out: str | Path | None = None, name: str | None = None, fallbacks: int = 2,
              overwrite: bool = False, progress: Progress | None = None,
-             workdir: str | Path | None = None, adapter: AdapterSpec | None = None) -> OptimizeResult:
+             workdir: str | Path | None = None, adapter: AdapterSpec | None = None,
+             calibration: str | Dataset | None = None, calibration_pipeline: str | None = None) -> OptimizeResult:
     """Build every candidate that applies here, validate, benchmark, pick and package the best.
 
     ``model``: an nn.Module, 'file.py:factory', 'package.module:factory', or a .pt/.pt2/.onnx path.
     ``data``: a Dataset, a folder of .npy/.npz, or 'file.py:function'; None generates inputs from the spec.
     ``out``: the package folder; None skips packaging. ``adapter``: an input adapter to package
     (an ImageAdapterSpec or TextAdapterSpec), checked against the model before the search starts.
+    ``calibration``: samples for static INT8 (a Dataset, a folder of images with ``calibration_pipeline``,
+    .npy/.npz, or 'file.py:function'); None calibrates on ``data`` (or, failing that, generated inputs, with a warning).
     Raises InferforgeError subclasses for bad input; candidate failures are recorded in the result, never raised.
     """
     options = options or SearchOptions()
@@ -67,16 +80,41 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
         dataset = load_dataset(str(data), source.spec)
     else:
         dataset = generated_dataset(source.spec, DEFAULT_GENERATED_SAMPLES)
+    calibration_set = _calibration(calibration, calibration_pipeline, source, dataset, options)
     scratch = Path(tempfile.mkdtemp(prefix="inferforge-", dir=workdir))
     try:
-        search = run_search(source, dataset, options, scratch, progress)
+        search = run_search(source, dataset, options, scratch, progress, calibration=calibration_set)
         package = None
+        tuning = _tune(search, source, dataset) if options.tune and search.best is not None else None
         if out is not None and search.best is not None:
             package = write_package(
                 search, source.spec, Path(out), model_name=source.name, source_fingerprint=source.fingerprint(),
                 report_json=report_json(search, dataset, source.name),
                 report_md=report_markdown(search, dataset, source.name), fallbacks=fallbacks, overwrite=overwrite,
-                adapter=adapter)
+                adapter=adapter, tuning=tuning)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return OptimizeResult(source, search, dataset, package)
+    return OptimizeResult(source, search, dataset, package, tuning)
+
+
+def _calibration(ref: str | Dataset | None, pipeline: str | None, source: ModelSource, dataset: Dataset,
+                 options: SearchOptions) -> Dataset | None:
+    """Calibration samples, read only when the search has an INT8 candidate to calibrate."""
+    if isinstance(ref, Dataset):
+        return ref
+    if not any(config.precision is Precision.INT8 for _, config in candidate_configs(options)):
+        return None
+    return load_calibration(ref, source.spec, options.calibration_samples, fallback=dataset, pipeline=pipeline)
+
+
+def _tune(search: SearchResult, source: ModelSource, dataset: Dataset) -> Tuning:
+    """Threads and instances for the picked artifact, measured at its best-throughput batch size."""
+    from inferforge.backends import get_backend
+
+    best = search.best
+    assert best is not None and best.artifact is not None and best.bench is not None
+    backend = get_backend(best.config.backend)
+    artifact = best.artifact
+    batch = max(best.bench.sweep, key=lambda s: s.throughput).batch_size
+    return tune(lambda threads: backend.load(artifact, source.spec, threads), dataset.take, search.options.threads,
+                batch)

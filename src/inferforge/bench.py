@@ -53,6 +53,7 @@ class BenchReport:
     threads: int
     peak_rss_mb: float  # peak resident memory above what the process held before loading
     load_seconds: float
+    load_rss_mb: float = 0.0  # resident memory the loaded artifact added, before any call
 
     @property
     def best_throughput(self) -> float:

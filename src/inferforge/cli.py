@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--fallbacks", type=int, default=2, help="passed candidates packaged after the best")
     opt.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
     opt.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    opt.add_argument("--precisions", help="comma-separated subset of fp32,bf16,fp16,int8 (default: all)")
+    opt.add_argument("--calibration", metavar="DATA", help="INT8 calibration samples: a folder of images "
+                     "(with --calibration-pipeline), a folder of .npy/.npz, or file.py:function (default: --data)")
+    opt.add_argument("--calibration-pipeline", metavar="PIPELINE", help="how to preprocess calibration images, e.g. "
+                     "resize=256,crop=224,color=rgb,scale=0.00392157,mean=0.485/0.456/0.406,std=0.229/0.224/0.225")
+    opt.add_argument("--calibration-samples", type=int, default=128, help="samples read for INT8 calibration")
     opt.add_argument("--adapter", type=_adapter, metavar="SPEC",
                      help="let served clients send sentences or photos: text:tokenizer=PATH[,max_length=N][,input=NAME] "
                      "or image:target=INPUT[,input=NAME],resize=N|HxW,crop=N|HxW,color=rgb|bgr|gray,scale=X,"

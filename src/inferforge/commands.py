@@ -31,18 +31,22 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
         task=Task(args.task),
         bench=BenchSettings(batch_sizes=tuple(args.batch_sizes)),
         backends=tuple(b.strip() for b in args.backends.split(",")) if args.backends else (),
+        calibration_samples=args.calibration_samples,
+        precisions=tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (),
         **extra,
     )
 
 
 def run_optimize(model: str, *, inputs: list[str], data: str | None, options: SearchOptions, out: Path | None,
                  name: str | None, fallbacks: int, overwrite: bool, quiet: bool = False,
-                 adapter: AdapterSpec | None = None) -> OptimizeResult:
+                 adapter: AdapterSpec | None = None, calibration: str | None = None,
+                 calibration_pipeline: str | None = None) -> OptimizeResult:
     """optimize() with a live progress display, then the leaderboard on stdout."""
     label = name or model.rsplit(":", 1)[-1]
     with SearchProgress(len(candidate_configs(options)), f"optimizing {label}") as progress:
         result = optimize(model, inputs=inputs, data=data, options=options, out=out, name=name,
-                          fallbacks=fallbacks, overwrite=overwrite, progress=progress, adapter=adapter)
+                          fallbacks=fallbacks, overwrite=overwrite, progress=progress, adapter=adapter,
+                          calibration=calibration, calibration_pipeline=calibration_pipeline)
     if not quiet:
         print_table(rich_leaderboard(result.search, f"{result.source.name}: validated on {result.dataset.origin}, {len(result.dataset)} samples"))
         if result.package:
@@ -63,7 +67,8 @@ def optimize_command(args: argparse.Namespace) -> int:
     out = args.out or Path(f"{args.name or default_name(args.model)}.inferforge")
     result = run_optimize(args.model, inputs=args.input, data=args.data, options=options_from_args(args),
                           out=out, name=args.name, fallbacks=args.fallbacks, overwrite=args.overwrite, quiet=args.json,
-                          adapter=args.adapter)
+                          adapter=args.adapter, calibration=args.calibration,
+                          calibration_pipeline=args.calibration_pipeline)
     if args.json:
         print(json.dumps(report_json(result.search, result.dataset, result.source.name), indent=2, default=str))
     return 0 if result.best is not None else 3

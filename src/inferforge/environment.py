@@ -15,7 +15,7 @@ from typing import Any
 # Flags that decide which precisions run natively on an x86 CPU.
 _CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
                           "amx_int8", "avx512_fp16", "amx_fp16")
-LIBRARIES = ("inferforge", "torch", "numpy", "onnx", "onnxruntime", "onnxscript")
+LIBRARIES = ("inferforge", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torchao")
 
 
 @cache

@@ -27,6 +27,7 @@ from inferforge.types import ModelSpec
 
 if TYPE_CHECKING:
     from inferforge.serve.adapters import AdapterSpec
+    from inferforge.tune import Tuning
 
 MANIFEST = "inferforge.json"
 FORMAT_VERSION = 1
@@ -52,8 +53,10 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResul
 
 def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_name: str, source_fingerprint: str,
                   report_json: Mapping[str, Any], report_md: str, fallbacks: int = 2, overwrite: bool = False,
-                  adapter: AdapterSpec | None = None) -> Path:
+                  adapter: AdapterSpec | None = None, tuning: Tuning | None = None) -> Path:
     """Copy the chosen artifacts with checksums and a manifest into ``out`` atomically.
+
+    ``tuning``: the measured threads/instances of the best artifact (``load`` and ``serve`` default to them).
 
     ``adapter``: the input adapter the server puts in front of the model; checked against
     ``spec`` (SpecError when it does not fit), its files copied into serve/ and checksummed.
@@ -87,6 +90,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
             "format_version": FORMAT_VERSION, "model": model_name, "source_fingerprint": source_fingerprint,
             "spec": spec.to_json(), "objective": result.options.objective.value,
             "chosen": entries[0]["key"], "artifacts": entries, "environment": fingerprint(),
+            "tuning": tuning.to_json() if tuning is not None else None,
         }
         if adapter is not None:
             manifest["serve"] = _write_serve_files(staging, adapter)
@@ -196,7 +200,8 @@ def load(path: str | Path, *, threads: int | None = None, artifact: str | None =
         verify_checksums(package, entry)
         try:
             backend = get_backend(entry["config"]["backend"])
-            runner = backend.load(artifact_from_json(entry, package / entry["path"]), spec, threads or usable_cores())
+            runner = backend.load(artifact_from_json(entry, package / entry["path"]), spec,
+                                  threads or tuned_threads(manifest, entry["key"]) or usable_cores())
         except InferforgeError as exc:
             passed_over.append(f"{entry['key']}: {exc}")
             continue
@@ -209,3 +214,14 @@ def load(path: str | Path, *, threads: int | None = None, artifact: str | None =
                           + " | ".join(passed_over), stacklevel=2)
         return runner
     raise PackageError(f"no artifact in {package} can run on this machine: " + " | ".join(passed_over))
+
+
+def tuned_threads(manifest: Mapping[str, Any], key: str, objective: str = "latency") -> int | None:
+    """The thread count measured best for the chosen artifact (None for others, or when not tuned).
+
+    Never more than this machine's usable cores: a package built on a bigger machine still fits."""
+    tuning = manifest.get("tuning")
+    if not tuning or key != manifest.get("chosen"):
+        return None
+    threads = tuning["latency_threads"] if objective == "latency" else tuning["throughput_threads"]
+    return min(int(threads), usable_cores())

@@ -13,7 +13,7 @@ from inferforge.environment import fingerprint
 from inferforge.search import CandidateResult, SearchResult, Status
 
 COLUMNS = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "cv", "best tput /s", "accuracy", "max abs err",
-           "build s", "size MB", "peak RSS MB", "note")
+           "build s", "size MB", "load RSS MB", "peak RSS MB", "note")
 
 
 def _accuracy_cell(c: CandidateResult) -> str:
@@ -37,6 +37,9 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
             note = f"picked ({result.options.objective.value})"
         elif c.status is Status.PASSED:
             note = "fallback candidate"
+        kept = c.artifact.details.get("keep_fp32") if c.artifact else None
+        if kept:
+            note = f"{note}; kept in FP32: {', '.join(kept)}".lstrip("; ")
         rows.append((
             str(i), c.key, c.status.value,
             f"{b.latency.p50_ms:.2f}" if b else "", f"{b.latency.p99_ms:.2f}" if b else "",
@@ -46,6 +49,7 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
             f"{max(o.max_abs for o in c.accuracy.outputs):.1e}" if c.accuracy and c.accuracy.outputs else "",
             f"{c.build_seconds:.1f}" if c.build_seconds is not None else "",
             f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
+            f"{b.load_rss_mb:.0f}" if b else "",
             f"{b.peak_rss_mb:.0f}" if b else "",
             note,
         ))

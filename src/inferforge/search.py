@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from inferforge.data import Dataset
 from inferforge.environment import usable_cores
 from inferforge.errors import InferforgeError, one_line
 from inferforge.source import ModelSource, SourceKind
+from inferforge.types import Precision
 from inferforge.validate import AccuracyBudget, AccuracyReport, Task, collect_outputs, compare
 
 VALIDATION_BATCH = 16
@@ -51,6 +52,9 @@ class SearchOptions:
     threads: int = field(default_factory=usable_cores)
     backends: tuple[str, ...] = ()  # empty: every backend
     device: str = "cpu"
+    calibration_samples: int = 128  # static INT8: samples read to choose activation scales
+    tune: bool = True  # measure threads / instances for the picked artifact (tune.py)
+    precisions: tuple[str, ...] = ()  # empty: every precision the backends propose
 
 
 @dataclass
@@ -101,10 +105,15 @@ def candidate_configs(options: SearchOptions) -> list[tuple[Backend, BuildConfig
     unknown = set(names) - set(backend_names())
     if unknown:
         raise InferforgeError(f"unknown backend(s) {sorted(unknown)}; known: {', '.join(backend_names())}")
+    known_precisions = {p.value for p in Precision}
+    if set(options.precisions) - known_precisions:
+        raise InferforgeError(f"unknown precision(s) {sorted(set(options.precisions) - known_precisions)}; "
+                              f"known: {', '.join(sorted(known_precisions))}")
     pairs = []
     for name in names:
         backend = get_backend(name)
-        pairs += [(backend, config) for config in backend.configs(options.device)]
+        pairs += [(backend, config) for config in backend.configs(options.device)
+                  if not options.precisions or config.precision.value in options.precisions]
     return pairs
 
 
@@ -130,23 +139,64 @@ def reference_outputs(source: ModelSource, dataset: Dataset, threads: int) -> di
 
 
 def run_search(source: ModelSource, dataset: Dataset, options: SearchOptions, workdir: Path,
-               progress: Progress | None = None) -> SearchResult:
-    """Try every candidate; never raises for a candidate's failure."""
+               progress: Progress | None = None, *, calibration: Dataset | None = None) -> SearchResult:
+    """Try every candidate; never raises for a candidate's failure. ``calibration`` feeds static INT8."""
     report = progress or (lambda key, stage: None)
     pairs = candidate_configs(options)
     reference = reference_outputs(source, dataset, options.threads)
     results = []
     for backend, config in pairs:
-        result = _try_candidate(backend, config, source, dataset, reference, options, workdir, report)
+        result = _try_candidate(backend, config, source, dataset, reference, options, workdir, report,
+                                calibration)
         report(config.key(), result.status.value)
         results.append(result)
         gc.collect()
+        for retry in _mixed_precision_retries(backend, result, source, dataset, reference, options, workdir,
+                                              report, calibration):
+            report(retry.key, retry.status.value)
+            results.append(retry)
+            gc.collect()
     return SearchResult(rank(results, options.objective), options, source.name)
+
+
+MIXED_PRECISION_STEPS = (1, 2, 4, 8, 16)  # layers kept in FP32 at each retry, worst first
+
+
+def _mixed_precision_retries(backend: Backend, result: CandidateResult, source: ModelSource, dataset: Dataset,
+                             reference: dict[str, np.ndarray], options: SearchOptions, workdir: Path,
+                             report: Progress, calibration: Dataset | None) -> list[CandidateResult]:
+    """Accuracy-aware INT8: an INT8 candidate outside the budget is rebuilt with its most harmful layers
+    (the backend's sensitivity ranking) kept in FP32, 1, 2, 4, ... of them, until one passes or a step
+    no longer improves the figure the budget is decided on. Every variant is on the leaderboard."""
+    config = result.config
+    if (result.status is not Status.REJECTED or config.precision is not Precision.INT8 or calibration is None
+            or result.artifact is None or result.accuracy is None or not hasattr(config.options, "keep_fp32")):
+        return []
+    try:
+        layers = backend.sensitive_layers(source, config, result.artifact, calibration)
+    except Exception as exc:
+        result.reason += f"; per-layer sensitivity failed, no mixed-precision retry: {one_line(exc)}"
+        return []
+    retries: list[CandidateResult] = []
+    best_score = result.accuracy.score
+    flat_steps = 0  # one step without gain can be noise (a layer that matters little); two end the retries
+    # Keeping every layer in FP32 would be FP32 with extra steps: at least one layer stays INT8.
+    for count in sorted({min(step, len(layers) - 1) for step in MIXED_PRECISION_STEPS if len(layers) > 1}):
+        mixed = replace(config, options=replace(config.options, keep_fp32=tuple(layers[:count])))
+        retry = _try_candidate(backend, mixed, source, dataset, reference, options, workdir, report, calibration)
+        retries.append(retry)
+        if retry.status is Status.PASSED or retry.accuracy is None:
+            break
+        flat_steps = flat_steps + 1 if retry.accuracy.score <= best_score else 0
+        if flat_steps == 2:
+            break
+        best_score = max(best_score, retry.accuracy.score)
+    return retries
 
 
 def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, dataset: Dataset,
                    reference: dict[str, np.ndarray], options: SearchOptions, workdir: Path,
-                   report: Progress) -> CandidateResult:
+                   report: Progress, calibration: Dataset | None = None) -> CandidateResult:
     key = config.key()
     reason = backend.unavailable_reason(config, source)
     if reason:
@@ -156,7 +206,7 @@ def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, d
     report(key, "building")
     started = time.perf_counter()
     try:
-        artifact = backend.build(source, config, out_dir)
+        artifact = backend.build(source, config, out_dir, calibration=calibration)
     except Exception as exc:
         return CandidateResult(config, Status.FAILED, f"build: {one_line(exc)}",
                                build_seconds=time.perf_counter() - started)
@@ -170,6 +220,7 @@ def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, d
             started = time.perf_counter()
             runner = backend.load(artifact, source.spec, options.threads)
             load_seconds = time.perf_counter() - started
+            load_rss_mb = max(0.0, current_rss_mb() - rss_before)
             stage = "validate"
             report(key, "validating")
             outputs = collect_outputs(runner, dataset, VALIDATION_BATCH)
@@ -177,7 +228,8 @@ def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, d
             stage = "benchmark"
             report(key, "benchmarking")
             sweep = measure(runner, lambda batch: dataset.take(batch), options.bench)
-        result.bench = BenchReport(sweep[0], sweep, options.threads, max(0.0, peak() - rss_before), load_seconds)
+        result.bench = BenchReport(sweep[0], sweep, options.threads, max(0.0, peak() - rss_before), load_seconds,
+                                   load_rss_mb)
     except Exception as exc:
         result.reason = f"{stage}: {one_line(exc)}"
         return result

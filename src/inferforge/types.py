@@ -43,6 +43,7 @@ class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    INT8 = "int8"  # weights (and, when calibrated, activations) in 8 bits; the config's options say how
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,15 @@ class AccuracyReport:
     def top1_agreement(self) -> float | None:
         return self.outputs[0].top1_agreement if self.outputs else None
 
+    @property
+    def score(self) -> float:
+        """The figure the budget was decided on, higher is better: to compare variants of one candidate."""
+        if self.decided_by == "accuracy drop" and self.accuracy is not None:
+            return self.accuracy
+        if self.decided_by == "top-1 agreement" and self.top1_agreement is not None:
+            return self.top1_agreement
+        return self.cosine
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["accuracy_drop"] = self.accuracy_drop

@@ -18,6 +18,8 @@ _MODULES: dict[str, str] = {
     "inductor": "inferforge.backends.inductor:InductorBackend",
     "aoti": "inferforge.backends.aoti:AotInductorBackend",
     "onnxruntime": "inferforge.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "inferforge.backends.openvino:OpenVinoBackend",
+    "torch-int8": "inferforge.backends.torch_int8:TorchInt8Backend",
 }
 
 

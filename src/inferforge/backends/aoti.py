@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Any
 
 from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
+from inferforge.data import Dataset
 from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec
@@ -26,17 +28,13 @@ class AotInductorBackend(TorchBackend):
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     refusals = {SourceKind.TORCHSCRIPT: "AOTInductor compiles torch.export programs, not TorchScript"}
 
-    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
+              calibration: Dataset | None = None) -> Artifact:
         import torch
-        from torch._inductor import aoti_compile_and_package
-
         with torch.inference_mode():
-            aoti_compile_and_package(source.exported_program(), package_path=str(out_dir / PACKAGE))
-        isa = _vector_isa()
-        requires = {**torch_requirement(same_series=True), "machine": platform.machine()}
-        if isa:
-            requires[f"cpu_flag:{isa}"] = "yes"
-        return artifact_from_dir(config, out_dir, requires, {"format": "AOTInductor package", "vector_isa": isa})
+            requires = compile_package(source.exported_program(), out_dir)
+        return artifact_from_dir(config, out_dir, requires,
+                                 {"format": "AOTInductor package", "vector_isa": vector_isa()})
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         from torch._inductor import aoti_load_package
@@ -45,7 +43,20 @@ class AotInductorBackend(TorchBackend):
         return TorchRunner(spec, artifact, aoti_load_package(str(artifact.directory / PACKAGE)))
 
 
-def _vector_isa() -> str | None:
+def compile_package(program: Any, out_dir: Path, inductor_configs: dict[str, Any] | None = None) -> dict[str, str]:
+    """Compile an exported program into ``out_dir/model.pt2`` and return what a host needs to run it:
+    the same torch series, the same machine, and the vector ISA the kernels were generated for."""
+    from torch._inductor import aoti_compile_and_package
+
+    aoti_compile_and_package(program, package_path=str(out_dir / PACKAGE), inductor_configs=inductor_configs)
+    isa = vector_isa()
+    requires = {**torch_requirement(same_series=True), "machine": platform.machine()}
+    if isa:
+        requires[f"cpu_flag:{isa}"] = "yes"
+    return requires
+
+
+def vector_isa() -> str | None:
     """The CPU flag the compiled kernels need: Inductor vectorizes for the best ISA it found here."""
     try:
         from torch._inductor.cpu_vec_isa import pick_vec_isa

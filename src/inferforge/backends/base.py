@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from inferforge.data import Dataset
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision, check_inputs, numpy_dtype
 
@@ -40,6 +41,8 @@ class BuildConfig:
         defaults = type(self.options)()
         for k, v in sorted(dataclasses.asdict(self.options).items()):
             if v != getattr(defaults, k):
+                if isinstance(v, list | tuple):  # e.g. keep_fp32 layer names: the count names the variant
+                    v = len(v)
                 parts.append(k.replace("_", "-") if v is True else f"{k}-{v}".replace("_", "-").lower())
         if self.device != "cpu":
             parts.append(self.device)
@@ -111,6 +114,8 @@ class Runner(ABC):
 
 
 def _convert(value: Any, kind: str, dtype: str | None = None) -> Any:
+    if kind == "numpy" and isinstance(value, np.ndarray):  # numpy in, numpy runner: torch is never imported
+        return value.astype(numpy_dtype(dtype), copy=False) if dtype else value
     import torch
 
     if kind == "numpy":
@@ -147,16 +152,27 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
-        """Write the artifact's files into ``out_dir`` (which exists and is empty). Raises on failure."""
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
+              calibration: Dataset | None = None) -> Artifact:
+        """Write the artifact's files into ``out_dir`` (which exists and is empty). Raises on failure.
+
+        ``calibration`` holds the samples static INT8 reads (see calibration.py); other builds ignore it.
+        """
 
     @abstractmethod
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         """Read an artifact's files into a Runner using ``threads`` intra-op threads."""
 
+    def sensitive_layers(self, source: ModelSource, config: BuildConfig, artifact: Artifact,
+                         calibration: Dataset) -> list[str]:
+        """For an INT8 build outside the accuracy budget: the quantized layers that hurt accuracy most,
+        worst first, by the names its options' ``keep_fp32`` accepts. The search rebuilds with the
+        worst ones kept in FP32, step by step. The default offers none (no mixed-precision retry)."""
+        return []
+
     def options_from_json(self, data: Mapping[str, Any]) -> Any:
         known = {f.name for f in dataclasses.fields(self.options_type)}
-        return self.options_type(**{k: v for k, v in data.items() if k in known})
+        return self.options_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
 
 def config_from_json(data: Mapping[str, Any]) -> BuildConfig:

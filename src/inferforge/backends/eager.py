@@ -15,6 +15,7 @@ from inferforge.backends.torch_common import (
     cast_module,
     set_torch_threads,
 )
+from inferforge.data import Dataset
 from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
@@ -30,7 +31,8 @@ class EagerBackend(TorchBackend):
     def configs(self, device: str) -> list[BuildConfig]:
         return [BuildConfig(self.name, p, device) for p in (Precision.FP32, Precision.BF16)]
 
-    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
+              calibration: Dataset | None = None) -> Artifact:
         import torch
 
         torch.export.save(source.exported_program(), str(out_dir / PROGRAM))

@@ -15,7 +15,7 @@ from typing import Any
 
 from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
-from inferforge.data import generate_inputs
+from inferforge.data import Dataset, generate_inputs
 from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
@@ -42,7 +42,8 @@ class InductorBackend(TorchBackend):
     def configs(self, device: str) -> list[BuildConfig]:
         return [BuildConfig(self.name, Precision.FP32, device, InductorOptions(freezing=f)) for f in (False, True)]
 
-    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
+              calibration: Dataset | None = None) -> Artifact:
         import torch
 
         torch.export.save(source.exported_program(), str(out_dir / PROGRAM))

@@ -16,7 +16,7 @@ import numpy as np
 
 from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import TorchRunner, set_torch_threads
-from inferforge.data import generate_inputs
+from inferforge.data import Dataset, generate_inputs
 from inferforge.errors import BuildError, one_line
 from inferforge.source import ModelSource, SourceKind, _at_least_batch_2
 from inferforge.types import ModelSpec
@@ -32,7 +32,8 @@ class TorchScriptBackend(Backend):
     name = "torchscript"
     accepts = frozenset({SourceKind.TORCH, SourceKind.TORCHSCRIPT, SourceKind.EXPORTED})
 
-    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path) -> Artifact:
+    def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
+              calibration: Dataset | None = None) -> Artifact:
         import torch
 
         examples = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())

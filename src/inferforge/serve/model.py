@@ -38,6 +38,9 @@ def suggested_batching(manifest: Mapping[str, Any], overrides: Mapping[str, Any]
     sweep = (chosen.get("bench") or {}).get("sweep") or []
     best = max(sweep, key=lambda s: s["throughput"])["batch_size"] if sweep else 8
     values: dict[str, Any] = {"max_batch_size": max(1, int(best))}
+    tuning = manifest.get("tuning")
+    if tuning:  # measured when the package was built: how many instances gave the best throughput
+        values["instances"] = int(tuning["throughput_instances"])
     values.update(overrides or {})
     values.setdefault("max_queue_size", max(64, 16 * values["max_batch_size"]))
     return BatchingConfig(**values)
@@ -87,12 +90,13 @@ class ServedModel:
     @classmethod
     def open(cls, name: str, version: str, package: Path, options: ModelOptions) -> ServedModel:
         """Load (checksums verified by ``load``), build instances, warm up. Blocking; raises on any failure."""
-        from inferforge.package import load, read_manifest
+        from inferforge.package import load, read_manifest, tuned_threads
         from inferforge.serve.instances import ProcessInstance, ThreadInstance
 
         manifest = read_manifest(package)
         spec = ModelSpec.from_json(manifest["spec"])
-        runner = load(package, threads=options.threads)
+        threads = options.threads or tuned_threads(manifest, manifest["chosen"], "throughput")
+        runner = load(package, threads=threads)
         key = runner.selection.key  # type: ignore[attr-defined]
         batching = suggested_batching(manifest, options.batching_overrides)
         entry = next(a for a in manifest["artifacts"] if a["key"] == key)
@@ -102,7 +106,7 @@ class ServedModel:
                                                                                       max(static)))
         instances: list[Instance]
         if batching.instance_kind == "process":
-            instances = [ProcessInstance(package, key, options.threads or 1) for _ in range(batching.instances)]
+            instances = [ProcessInstance(package, key, threads or 1) for _ in range(batching.instances)]
             del runner
         else:
             instances = [ThreadInstance(runner) for _ in range(batching.instances)]

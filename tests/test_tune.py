@@ -1,0 +1,55 @@
+"""CPU tuning: every split of the cores is measured, the choice is recorded and used by load and serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import fast_options
+
+import inferforge
+from inferforge.package import MANIFEST, tuned_threads
+from inferforge.tune import TuningSettings, thread_counts, tune
+
+
+def test_thread_counts_cover_powers_of_two_and_every_core() -> None:
+    assert thread_counts(1) == [1]
+    assert thread_counts(6) == [1, 2, 4, 6]
+
+
+def test_optimize_records_tuning_and_load_uses_it(tmp_path: Path) -> None:
+    result = inferforge.optimize("models:make_mlp", out=tmp_path / "mlp", name="mlp",
+                                 options=fast_options(backends=("eager",), tune=True))
+    tuning = result.tuning
+    assert tuning is not None
+    assert set(tuning.latency_p50_ms) == set(thread_counts(2)) and tuning.latency_threads in (1, 2)
+    assert set(tuning.throughput) == {"2x1", "1x2"}
+    assert f"{tuning.throughput_instances}x{tuning.throughput_threads}" in tuning.throughput
+    manifest = json.loads((tmp_path / "mlp" / MANIFEST).read_text())
+    assert manifest["tuning"]["latency_threads"] == tuning.latency_threads
+    assert tuned_threads(manifest, manifest["chosen"]) == tuning.latency_threads
+    assert tuned_threads(manifest, "some-fallback") is None
+    inferforge.load(tmp_path / "mlp")
+    assert torch.get_num_threads() == tuning.latency_threads
+
+
+def test_tune_loads_each_thread_count_for_latency_and_again_for_throughput() -> None:
+    calls: list[int] = []
+
+    class Constant:
+        def to_native(self, inputs):  # type: ignore[no-untyped-def]
+            return [inputs["x"]]
+
+        def run_native(self, args):  # type: ignore[no-untyped-def]
+            return [args[0]]
+
+    def load(threads: int) -> Constant:
+        calls.append(threads)
+        return Constant()
+
+    chosen = tune(load, lambda n: {"x": np.zeros((n, 4), np.float32)}, cores=2, throughput_batch=4,  # type: ignore[arg-type]
+                  settings=TuningSettings(latency_seconds=0.05, throughput_seconds=0.05))
+    assert calls == [1, 2, 1, 2]  # torch's thread count is per process: reloaded before each throughput run
+    assert chosen.throughput_batch == 4 and set(chosen.throughput) == {"2x1", "1x2"}
