@@ -172,3 +172,22 @@ def make_wide_mlp() -> tuple[nn.Module, tuple]:
 def make_one_fragile_layer() -> tuple[nn.Module, tuple]:
     torch.manual_seed(0)
     return OneFragileLayer().eval(), (torch.randn(2, 16),)
+
+
+class DigitsCNN(nn.Module):
+    """The demo digits CNN's shape at a tenth of its width: two convs, a max pool, flatten, then two
+    Linear layers. With freezing, Inductor's layout optimization runs its convs channels-last, which
+    broke torch-int8 here when both Linear layers were int8 (11% accuracy, the FP32 model 98%)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+
+def make_digits_cnn() -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    return DigitsCNN().eval(), {"image": torch.rand(2, 1, 8, 8)}

@@ -150,3 +150,16 @@ def test_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch_int8, "_torchao_dynamic", lambda: None)
     assert [backend.unavailable_reason(c, source) for c in backend.configs("cpu")] == \
         ["INT8 through PT2E needs torchao"] * 2
+
+
+def test_conv_flatten_linear_cnn_agrees_with_fp32(tmp_path: Path) -> None:
+    """Regression: Inductor's freezing miscompiled conv + max pool + flatten + two Linear (the digits
+    demo's shape; here cosine 0.88, top-1 73%). The build must notice and ship a package that agrees."""
+    source = load_source("models:make_digits_cnn")
+    artifact = TorchInt8Backend().build(source, _config("static"), tmp_path,
+                                        calibration=generated_dataset(source.spec, 32, seed=3))
+    inputs = generate_inputs(source.spec, 64, seed=1)
+    want = _float_reference(source, inputs)
+    got = TorchInt8Backend().load(artifact, source.spec, threads=2)(inputs)["output"]
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cosine.min() >= 0.99 and (got.argmax(1) == want.argmax(1)).mean() >= 0.95
