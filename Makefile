@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-cpu protos clean
+.PHONY: demo test lint bench-cpu bench-serve protos clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP) lint
 
 bench-cpu: $(STAMP)
 	$(BIN)/python benchmarks/cpu_peers.py
+
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_bench.py --wait-quiet 5
 
 # The gRPC messages (src/inferforge/serve/kserve_v2_pb2.py) from their .proto; needs the dev extra.
 protos: $(STAMP)

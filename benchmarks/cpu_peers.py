@@ -151,8 +151,9 @@ def render(rows: list[dict[str, Any]], threads: int, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    start, end = "<!-- cpu_peers:start -->", "<!-- cpu_peers:end -->"
+def write_section(path: Path, body: str, marker: str = "cpu_peers") -> None:
+    """Replace what lies between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->`` (appended if absent)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
     before, _, rest = text.partition(start)
     _, _, after = rest.partition(end)
