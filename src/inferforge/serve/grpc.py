@@ -226,10 +226,16 @@ def _array_from_contents(name: str, contents: Any, shape: tuple[int, ...], datat
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        return np.array(values, dtype=DATATYPES[datatype]).reshape(shape)
-    except OverflowError as exc:
-        raise ProtocolError(f"input {name!r}: contents.{field} does not fit {datatype}: {exc}") from None
+    target = DATATYPES[datatype]
+    # Through Python values, range-checked here: protobuf 7's containers hand numpy a wider buffer
+    # that a direct cast would wrap silently (300 -> INT8 44) instead of refusing.
+    array = np.array(list(values))
+    if target.kind in "iu" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise ProtocolError(f"input {name!r}: contents.{field} does not fit {datatype} "
+                                f"({info.min}..{info.max}): got {array.min()}..{array.max()}")
+    return array.astype(target).reshape(shape)
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:
