@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -47,7 +47,6 @@ class HttpFrontEnd:
     metrics: ServerMetrics
     max_body_bytes: int = 64 << 20
     draining: bool = False  # set at shutdown: readiness turns false so balancers stop sending
-    _app: web.Application | None = field(default=None, init=False)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
@@ -64,7 +63,6 @@ class HttpFrontEnd:
                        get(prefix + "/config", self.model_config), get(prefix + "/stats", self.stats),
                        post(prefix + "/infer", self.infer)]
         app.add_routes(routes)
-        self._app = app
         return app
 
     # ---- middleware -----------------------------------------------------------------------------------------
