@@ -1,6 +1,11 @@
-"""LitServe serving an inferforge package, for benchmarks/serve_bench.py (run as its subprocess).
+"""LitServe serving MiniLM, for benchmarks/serve_bench.py (run as its subprocess).
 
-    .venv/bin/python benchmarks/litserve_minilm.py PACKAGE PORT THREADS MAX_BATCH_SIZE BATCH_TIMEOUT_S STATS_FILE
+    .venv/bin/python benchmarks/litserve_minilm.py PACKAGE|pytorch PORT THREADS MAX_BATCH_SIZE BATCH_TIMEOUT_S STATS_FILE
+
+PACKAGE: LitServe runs inferforge's own artifact (``inferforge.load``), which isolates the
+serving layer. ``pytorch``: LitServe runs the model as a LitServe user writes it, the
+PyTorch module (the demo's pretrained MiniLM with mean pooling) in FP32 under
+``torch.inference_mode()``.
 
 One sample per request, in LitServe's own JSON style: ``{"input_ids": [128 ints],
 "attention_mask": [128 ints]}`` in, ``{"output": [384 floats]}`` out, at ``/predict``;
@@ -30,10 +35,14 @@ class InferforgeLitAPI(ls.LitAPI):
         self.package, self.threads, self.stats = package, threads, stats
 
     def setup(self, device: str) -> None:
-        import inferforge
+        if self.package == "pytorch":
+            self.runner = plain_pytorch(self.threads)
+            self.names = ["input_ids", "attention_mask"]
+        else:
+            import inferforge
 
-        self.runner = inferforge.load(self.package, threads=self.threads)
-        self.names = [spec.name for spec in self.runner.inputs]
+            self.runner = inferforge.load(self.package, threads=self.threads)
+            self.names = [spec.name for spec in self.runner.inputs]
         self.batches = self.samples = 0
         self.compute_s = 0.0
         self.stats_file = open(self.stats, "w")  # noqa: SIM115 - open for the worker's whole life
@@ -62,6 +71,23 @@ class InferforgeLitAPI(ls.LitAPI):
 
     def encode_response(self, output: np.ndarray):  # type: ignore[no-untyped-def]
         return {OUTPUT: output.tolist()}
+
+
+def plain_pytorch(threads: int) -> Any:
+    """The demo's PyTorch module called the plain way: FP32, inference mode, numpy in and out."""
+    import torch
+
+    from inferforge.demo.minilm import make_model
+
+    torch.set_num_threads(threads)
+    model, _ = make_model()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
+            return {OUTPUT: model(**tensors).numpy()}
+
+    return run
 
 
 def main(argv: list[str]) -> None:

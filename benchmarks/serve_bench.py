@@ -5,14 +5,16 @@ int64 [B,128]) is packaged once in a temp dir by the demo's search (``--backends
 eager only, to keep the run short and the pick stable), or taken from --package, then
 measured, all in one run, as:
 
-- in-process: ``inferforge.load(package)`` called directly in a closed loop, at batch 1
-  and at the package's best-throughput batch size (the server's ``max_batch_size``);
+- in-process: ``inferforge.load(package)`` called directly in a closed loop, at batch 1, 8,
+  16 and the package's best-throughput batch size (the server's ``max_batch_size``);
 - ``inferforge serve`` started as a subprocess through the real CLI, loaded over HTTP
   (the binary tensor extension, body built by tritonclient) and over gRPC (ModelInfer
   with raw_input_contents), one sample per request, at each concurrency;
 - LitServe serving the same package (a LitAPI whose setup calls ``inferforge.load``),
   with its own batching at the same ``max_batch_size`` and a few ``batch_timeout`` values,
-  and its own JSON request format.
+  and its own JSON request format; then LitServe at its best ``batch_timeout`` serving the
+  plain PyTorch FP32 module, as a LitServe user deploys MiniLM (``--no-litserve-pytorch``
+  skips it).
 
 The load comes from closed-loop clients (asyncio: aiohttp with keep-alive connections,
 grpc.aio on one channel) in a separate process, not from tritonclient, which is too
@@ -26,7 +28,7 @@ says how many cores processes outside the benchmark used meanwhile: the machine 
     .venv/bin/python benchmarks/serve_bench.py [--package PATH] [--seconds 8] [--threads 2] [--wait-quiet 20]
         [--serve-args "--instance-kind process"] [--write docs/benchmarks.md]
 
-About 4 minutes on 2 cores with the defaults (18 phases of 9 s, the package build, five server
+About 5 minutes on 2 cores with the defaults (26 phases of 9 s, the package build, six server
 starts). With --write, the results replace the section between the serve_bench markers.
 """
 
@@ -468,14 +470,16 @@ def inferforge_server(args: argparse.Namespace, work: Workload, runner: Any, loa
 
 def measure_inferforge(args: argparse.Namespace, work: Workload, runner: Any, phase: Phase,
                        info: dict[str, Any]) -> list[Row]:
-    """In-process at batch 1 (paired with HTTP at 1 client) and at the best batch, then the server's rows."""
+    """In-process at batch 1 (paired with HTTP at 1 client) and at larger batches up to the server's
+    max_batch_size (the best of them is what batching is held against), then the server's rows."""
     pairs = []
     for _ in range(args.repeats):  # back to back, so that drift on this shared machine hits both alike
         local = time_in_process(runner, work.rows(1), phase_timing(args))
         pairs.append((local, phase("HTTP", 1)))
     info["overheads_ms"] = [remote.p50_ms - local.p50_ms for local, remote in pairs]
     rows = [median_by_p50([local for local, _ in pairs]),
-            time_in_process(runner, work.rows(work.max_batch), phase_timing(args)),
+            *(time_in_process(runner, work.rows(b), phase_timing(args))
+              for b in sorted({min(8, work.max_batch), min(16, work.max_batch), work.max_batch}) if b > 1),
             median_by_p50([remote for _, remote in pairs])]
     rows += [phase("HTTP", c) for c in args.concurrency if c != 1]
     return rows + [phase("gRPC", c) for c in args.concurrency]
@@ -485,26 +489,47 @@ def measure_litserve(args: argparse.Namespace, work: Workload, expected: np.ndar
                      tmp: Path, info: dict[str, Any], then: Callable[[], Row]) -> list[Row]:
     """LitServe (benchmarks/litserve_minilm.py, a subprocess) at each batch_timeout, most then fewest clients.
 
-    Once each LitServe is stopped, ``then()`` measures inferforge again at the most clients, so that each
-    LitServe row has an inferforge row taken right after it: ``info["pairs"]``."""
+    First on inferforge's own artifact (the serving layers alone), then at its best batch_timeout on
+    the plain PyTorch FP32 module (what a LitServe user deploys). Once each LitServe is stopped,
+    ``then()`` measures inferforge again at the most clients, so that each LitServe row has an
+    inferforge row taken right after it: ``info["pairs"]``."""
+    rows: list[Row] = []
+    info["litserve_diff"], info["pairs"], info["plain_cosine"] = 0.0, [], None
+    top = max(args.concurrency)
+    for timeout_ms in args.litserve_timeouts:
+        rows += litserve_phases(args, work, str(work.package), timeout_ms, expected, load, tmp, info)
+        info["pairs"].append((rows[-2], then()))
+    if args.litserve_pytorch:
+        best = max((r for r in rows if r.concurrency == top), key=lambda r: r.throughput)
+        timeout_ms = float(best.path.split("batch_timeout ")[1].split(" ms")[0])
+        rows += litserve_phases(args, work, "pytorch", timeout_ms, expected, load, tmp, info)
+        info["pairs"].append((rows[-2], then()))
+    return rows
+
+
+def litserve_phases(args: argparse.Namespace, work: Workload, served: str, timeout_ms: float, expected: np.ndarray,
+                    load: LoadGenerator, tmp: Path, info: dict[str, Any]) -> list[Row]:
+    """One LitServe process serving ``served`` (a package, or "pytorch"): its answer checked, then timed."""
     body = json.dumps({k: v[0].tolist() for k, v in work.rows(1).items()}).encode()
     headers = {"Content-Type": "application/json"}
-    rows: list[Row] = []
-    info["litserve_diff"], info["pairs"] = 0.0, []
-    for timeout_ms in args.litserve_timeouts:
-        port, stats = free_port(), tmp / f"litserve-{timeout_ms:g}.stats"
-        command = [sys.executable, str(Path(__file__).with_name("litserve_minilm.py")), str(work.package), str(port),
-                   str(args.threads), str(work.max_batch), str(timeout_ms / 1000), str(stats)]
-        with subprocess_server(command, f"http://127.0.0.1:{port}/health", tmp / "litserve.log") as pid:
-            url = f"http://127.0.0.1:{port}/predict"
-            with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=60) as r:
-                got = np.asarray(json.loads(r.read())[OUTPUT], dtype=np.float32)
+    port, stats = free_port(), tmp / f"litserve-{served == 'pytorch'}-{timeout_ms:g}.stats"
+    command = [sys.executable, str(Path(__file__).with_name("litserve_minilm.py")), served, str(port),
+               str(args.threads), str(work.max_batch), str(timeout_ms / 1000), str(stats)]
+    label = f"LitServe{' + PyTorch FP32' if served == 'pytorch' else ''}, batch_timeout {timeout_ms:g} ms"
+    rows = []
+    with subprocess_server(command, f"http://127.0.0.1:{port}/health", tmp / "litserve.log") as pid:
+        url = f"http://127.0.0.1:{port}/predict"
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=60) as r:
+            got = np.asarray(json.loads(r.read())[OUTPUT], dtype=np.float32)
+        if served == "pytorch":  # another precision: the embedding must agree, not the bits
+            info["plain_cosine"] = float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected)))
+            if info["plain_cosine"] < 0.99:
+                raise RuntimeError(f"plain PyTorch answer has cosine {info['plain_cosine']:.4f} to the package's")
+        else:
             info["litserve_diff"] = max(info["litserve_diff"], compare("LitServe", got, expected))
-            for c in (max(args.concurrency), min(args.concurrency)):
-                rows.append(load_phase(load, f"LitServe, batch_timeout {timeout_ms:g} ms", pid,
-                                       lambda stats=stats: litserve_batches(stats), phase_timing(args), c,
-                                       kind="http", url=url, body=body, headers=headers))
-        info["pairs"].append((rows[-2], then()))
+        for c in (max(args.concurrency), min(args.concurrency)):
+            rows.append(load_phase(load, label, pid, lambda stats=stats: litserve_batches(stats), phase_timing(args),
+                                   c, kind="http", url=url, body=body, headers=headers))
     return rows
 
 
@@ -547,15 +572,20 @@ def render(rows: list[Row], info: dict[str, Any], args: argparse.Namespace, comm
         return "" if value is None else f"{value:.{digits}f}"
 
     top = max(args.concurrency)
-    lit_top, http_top = max(info["pairs"], key=lambda pair: pair[0].throughput)  # LitServe's best, and its pair
+    same = [pair for pair in info["pairs"] if "PyTorch" not in pair[0].path]
+    plain = [pair for pair in info["pairs"] if "PyTorch" in pair[0].path]
+    lit_top, http_top = max(same, key=lambda pair: pair[0].throughput)  # LitServe's best, and its pair
     runs = info["http_top_runs"]
     pairs = "; ".join(f"{lit.path.split(', ')[1]}: {lit.throughput:.1f} against {after.throughput:.1f} "
                       f"(other processes {lit.other_cpu:.2f} and {after.other_cpu:.2f} cores)"
-                      for lit, after in info["pairs"])
+                      for lit, after in same)
+    best_local = max((r for r in rows if r.path == "in-process"), key=lambda r: r.throughput)
+    reachable = max((r for r in rows if r.path == "in-process" and r.batch <= top), key=lambda r: r.throughput)
+    http_top_row = next(r for r in rows if r.path == "inferforge HTTP" and r.concurrency == top)
     local = rows[0]
     grpc_one = next(r for r in rows if r.path == "inferforge gRPC" and r.concurrency == 1)
     overheads = info["overheads_ms"]
-    http_one = rows[2]
+    http_one = next(r for r in rows if r.path == "inferforge HTTP" and r.concurrency == 1)
     versions = ", ".join(f"{p} {version_of(p)}" for p in ("torch", "aiohttp", "grpcio", "litserve", "tritonclient"))
     lines = [
         f"Measured {date.today().isoformat()} with `{command}` on {cpu_model()} ({usable_cores()} cores usable, "
@@ -596,6 +626,21 @@ def render(rows: list[Row], info: dict[str, Any], args: argparse.Namespace, comm
         f"({', '.join(f'{t:.1f}' for t in runs)} samples/s); against LitServe's best that median is "
         f"{statistics.median(runs) / lit_top.throughput:.2f}x. Those runs of one setting spread by "
         f"{100 * (max(runs) - min(runs)) / statistics.median(runs):.0f}% of their median: read smaller gaps as ties.",
+        f"- inferforge HTTP at {top} clients against in-process at its best batch ({best_local.batch}): "
+        f"**{100 * http_top_row.throughput / best_local.throughput:.0f}%** of the throughput "
+        f"({http_top_row.throughput:.1f} against {best_local.throughput:.1f} samples/s); against the best batch "
+        f"{top} clients can form at most ({reachable.batch}): "
+        f"**{100 * http_top_row.throughput / reachable.throughput:.0f}%** ({reachable.throughput:.1f} samples/s).",
+    ]
+    for lit, after in plain:
+        lines.append(
+            f"- Against LitServe serving the plain PyTorch FP32 module, as a LitServe user deploys MiniLM "
+            f"({lit.path.split(', ')[1]}, LitServe's best setting above; cosine {info['plain_cosine']:.4f} to the "
+            f"package's answer), inferforge HTTP measured right after it at {top} clients: "
+            f"**{after.throughput / lit.throughput:.2f}x** the throughput ({after.throughput:.1f} against "
+            f"{lit.throughput:.1f} samples/s); at 1 client p50 {http_one.p50_ms:.1f} against "
+            f"{next(r for r in rows if r.path == lit.path and r.concurrency == 1).p50_ms:.1f} ms.")
+    lines += [
         f"- Answers checked before timing: tritonclient HTTP and gRPC (batch 1 and 4) differ from in-process by at "
         f"most {info['triton_diff']:.1e}, LitServe by {info['litserve_diff']:.1e} (tolerance {TOLERANCE:g}).",
     ]
@@ -617,6 +662,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=_ints, default=(1, 4, 16), help="clients, e.g. 1,4,16")
     parser.add_argument("--litserve-timeouts", type=_floats, default=(2.0, 10.0, 50.0),
                         help="LitServe batch_timeout values to try, in ms")
+    parser.add_argument("--no-litserve-pytorch", dest="litserve_pytorch", action="store_false",
+                        help="skip LitServe serving the plain PyTorch FP32 module")
     parser.add_argument("--backends", default="eager",
                         help="backends searched when building the package (default eager: its pick, bf16 where the "
                              "CPU has it, does not flip between runs; 'all': the demo's full search, minutes longer)")

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,9 +50,9 @@ class BatchingConfig:
 
 
 class Instance(Protocol):
-    """One copy of the model that runs a merged batch (called from a worker thread)."""
+    """One copy of the model that runs a merged batch on a thread it owns."""
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def submit(self, inputs: dict[str, np.ndarray]) -> Future[dict[str, np.ndarray]]: ...
 
     def close(self) -> None: ...
 
@@ -95,12 +95,10 @@ class DynamicBatcher:
     _queued_rows: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _pool: ThreadPoolExecutor | None = None
     _accepting: bool = True
     _in_flight: int = 0
 
     def start(self) -> None:
-        self._pool = ThreadPoolExecutor(len(self.instances), thread_name_prefix="inferforge-instance")
         self._tasks = [asyncio.create_task(self._loop(instance)) for instance in self.instances]
 
     @property
@@ -152,13 +150,10 @@ class DynamicBatcher:
                 pending.future.set_exception(ProtocolError("model was unloaded before this request ran", 503, 1.0))
         self._queue.clear()
         self._queued_rows = 0
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
 
     # ---- scheduling ------------------------------------------------------------------------------------------
 
     async def _loop(self, instance: Instance) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             if not batch:
@@ -167,7 +162,7 @@ class DynamicBatcher:
             merged, rows, padded = self._merge(batch)
             self._in_flight += 1
             try:
-                outputs = await loop.run_in_executor(self._pool, instance.run, merged)
+                outputs = await asyncio.wrap_future(instance.submit(merged))
                 error = None
             except Exception as exc:  # the model's failure fails only this batch
                 outputs, error = {}, exc

@@ -96,27 +96,37 @@ class ServedModel:
         manifest = read_manifest(package)
         spec = ModelSpec.from_json(manifest["spec"])
         threads = options.threads or tuned_threads(manifest, manifest["chosen"], "throughput")
-        runner = load(package, threads=threads)
-        key = runner.selection.key  # type: ignore[attr-defined]
         batching = suggested_batching(manifest, options.batching_overrides)
-        entry = next(a for a in manifest["artifacts"] if a["key"] == key)
-        static = tuple(entry.get("details", {}).get("static_batch_sizes", ()))
-        if static and not batching.static_batch_sizes:  # e.g. CUDA graphs captured per batch bucket
-            batching = replace(batching, static_batch_sizes=static, max_batch_size=min(batching.max_batch_size,
-                                                                                      max(static)))
-        instances: list[Instance]
-        if batching.instance_kind == "process":
-            instances = [ProcessInstance(package, key, threads or 1) for _ in range(batching.instances)]
-            del runner
-        else:
-            instances = [ThreadInstance(runner) for _ in range(batching.instances)]
-        adapter = load_adapter(package, manifest, spec)
-        model_inputs = tuple(TensorMeta.from_spec(s) for s in spec.inputs)
-        model = cls(name, version, package, manifest, key, adapter.inputs if adapter else model_inputs,
-                    tuple(TensorMeta.from_spec(s) for s in spec.outputs), batching, adapter, instances,
-                    options.request_timeout_s)
-        if options.warmup:
-            model.warm_up(spec)
+        instances: list[Instance] = []
+        try:
+            if batching.instance_kind == "process":  # the model is loaded in the children only
+                first = ProcessInstance(package, None, threads or 1)
+                key = first.artifact_key
+                instances.append(first)
+                for _ in range(batching.instances - 1):
+                    instances.append(ProcessInstance(package, key, threads or 1))
+            else:  # loaded on the first instance's thread, which also warms it up and runs it
+                loaded = ThreadInstance(lambda: load(package, threads=threads))
+                key = loaded.runner.selection.key
+                instances.append(loaded)
+                for _ in range(batching.instances - 1):
+                    instances.append(loaded.sharing())
+            entry = next(a for a in manifest["artifacts"] if a["key"] == key)
+            static = tuple(entry.get("details", {}).get("static_batch_sizes", ()))
+            if static and not batching.static_batch_sizes:  # e.g. CUDA graphs captured per batch bucket
+                batching = replace(batching, static_batch_sizes=static,
+                                   max_batch_size=min(batching.max_batch_size, max(static)))
+            adapter = load_adapter(package, manifest, spec)
+            model_inputs = tuple(TensorMeta.from_spec(s) for s in spec.inputs)
+            model = cls(name, version, package, manifest, key, adapter.inputs if adapter else model_inputs,
+                        tuple(TensorMeta.from_spec(s) for s in spec.outputs), batching, adapter, instances,
+                        options.request_timeout_s)
+            if options.warmup:
+                model.warm_up(spec)
+        except BaseException:
+            for instance in instances:
+                instance.close()
+            raise
         return model
 
     def warm_up(self, spec: ModelSpec) -> None:
@@ -125,8 +135,8 @@ class ServedModel:
 
         for rows in sorted({1, self.batching.max_batch_size}):
             sample = generate_inputs(spec, rows, seed=0)
-            for instance in self.instances:
-                instance.run(sample)
+            for instance in self.instances:  # on each instance's own thread, as traffic will run
+                instance.submit(sample).result()
 
     def start(self) -> None:
         """Start the batching loops (needs the running event loop)."""
