@@ -21,7 +21,7 @@ from inferforge.backends import get_backend
 from inferforge.backends.base import Artifact, BuildConfig
 from inferforge.backends.openvino import OpenVinoOptions, _has_attention, convert
 from inferforge.data import Dataset, generate_inputs, generated_dataset
-from inferforge.environment import usable_cores, version_of
+from inferforge.environment import native_bf16_reason, usable_cores, version_of
 from inferforge.errors import BuildError
 from inferforge.package import read_manifest, verify_checksums
 from inferforge.source import ModelSource, load_source
@@ -229,3 +229,13 @@ def test_hints_set_the_streams(tmp_path: Path) -> None:
     (tmp_path / "bad").mkdir()
     with pytest.raises(BuildError, match="hint 'fastest' is not one of"):
         BACKEND.build(source, _config(Precision.FP32, hint="fastest"), tmp_path / "bad")
+
+
+@pytest.mark.skipif(native_bf16_reason() is not None, reason="this CPU has no native bf16")
+def test_bf16_asks_openvino_for_bf16_and_stays_close(tmp_path: Path) -> None:
+    """OpenVINO's own default on such a CPU is bf16: the candidate says so in its details and requirements."""
+    source = load_source("models:make_small_cnn")
+    artifact = BACKEND.build(source, _config(Precision.BF16), tmp_path)
+    assert artifact.details["inference_precision"] == "bf16"
+    assert artifact.requires["cpu_flag:avx512_bf16"] == "yes"
+    assert min(_cosines(source, artifact)) >= 0.999

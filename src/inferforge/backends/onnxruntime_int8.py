@@ -20,6 +20,7 @@ run, since other work shared the machine; cosine against ORT FP32 on held-out in
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -116,14 +117,16 @@ def _prepare(fp32: Path, out: Path, mode: str) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     note = "shape inference and optimization"
+    # Symbolic shape inference writes sym_shape_infer_temp.onnx and its external data into the current
+    # directory, and leaves them there when it raises: run it from the build's temporary folder.
     try:
-        with _quiet():
-            quant_pre_process(str(fp32), str(out))
+        with _quiet(), contextlib.chdir(out.parent):
+            quant_pre_process(str(fp32.resolve()), str(out.resolve()))
     except Exception as exc:
         note = f"without symbolic shape inference, which raised {one_line(exc, 120)}"
         try:
-            with _quiet():
-                quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+            with _quiet(), contextlib.chdir(out.parent):
+                quant_pre_process(str(fp32.resolve()), str(out.resolve()), skip_symbolic_shape=True)
         except Exception as again:
             note = f"skipped: it raised {one_line(again, 120)}"
             out.write_bytes(fp32.read_bytes())
