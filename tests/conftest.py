@@ -42,3 +42,14 @@ def mlp_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         options=fast_options(backends=("eager", "onnxruntime"), precisions=("fp32",),
                                              budget=FP32_EXACT))
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip, saying why, where torch sees no CUDA device (CI has none)."""
+    from inferforge.environment import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    if reason:
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -156,3 +156,25 @@ def test_version_requirements_read_as_written() -> None:
     assert unmet_requirements({"package:torch": "==1.0"})[0].startswith("needs torch ==1.0")
     assert unmet_requirements({"package:no-such-pkg": ">=1"})[0].endswith("which is not installed")
     assert unmet_requirements({"machine": "sparc64"})[0].startswith("was built for sparc64")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU does")
+def test_cuda_requirement_refuses_clearly_without_a_gpu() -> None:
+    from inferforge.environment import unmet_requirements
+
+    problem = unmet_requirements({"cuda_capability": "==9.0"})[0]
+    assert problem.startswith("needs a CUDA GPU of compute capability 9.0: no CUDA GPU here")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU does")
+def test_cuda_target_without_a_gpu_skips_gpu_candidates_and_packages_cpu_ones(tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    result = inferforge.optimize("models:make_mlp", out=out, options=fast_options(
+        device="cuda", backends=("eager", "onnxruntime"), budget=FP32_EXACT))
+    gpu = [c for c in result.search.candidates if c.config.device == "cuda" and c.config.backend == "eager"]
+    assert {c.key for c in gpu} >= {"eager-fp32-cuda", "eager-tf32-cuda", "eager-fp16-cuda", "eager-bf16-cuda"}
+    assert all(c.status is Status.SKIPPED and c.reason.startswith("no CUDA GPU here") for c in gpu)
+    ort_gpu = next(c for c in result.search.candidates if c.key == "onnxruntime-fp32-cuda")
+    assert ort_gpu.status is Status.SKIPPED and "no CUDA provider" in ort_gpu.reason
+    assert result.best is not None and result.best.config.device == "cpu"
+    assert inferforge.load(out).device == "cpu"

@@ -85,7 +85,9 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
     try:
         search = run_search(source, dataset, options, scratch, progress, calibration=calibration_set)
         package = None
-        tuning = _tune(search, source, dataset) if options.tune and search.best is not None else None
+        # CPU threads and instances only: a GPU candidate's speed does not depend on them.
+        tuning = (_tune(search, source, dataset) if options.tune and search.best is not None
+                  and search.best.config.device == "cpu" else None)
         if out is not None and search.best is not None:
             package = write_package(
                 search, source.spec, Path(out), model_name=source.name, source_fingerprint=source.fingerprint(),

@@ -3,6 +3,9 @@
 Timing lives here and nowhere else (perf_counter_ns around the runner's native
 call, inputs prepared beforehand). A run is repeated until the median is stable
 or the time limit is hit; the coefficient of variation says how noisy it was.
+On CUDA the work is asynchronous: each call is timed with CUDA events recorded on
+the stream around it and waited for before the next call, so launch gaps count and
+queued work never spills into the next sample.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class BenchReport:
     peak_rss_mb: float  # peak resident memory above what the process held before loading
     load_seconds: float
     load_rss_mb: float = 0.0  # resident memory the loaded artifact added, before any call
+    peak_gpu_mb: float = 0.0  # CUDA: peak memory torch allocated on the GPU while loaded and measured
+    end_to_end: LatencyStats | None = None  # CUDA, batch 1: numpy in, host-to-device, compute, back to numpy
 
     @property
     def best_throughput(self) -> float:
@@ -66,20 +71,43 @@ class BenchReport:
 
 
 def time_calls(call: Callable[[], Any], batch_size: int, warmup: int, min_runs: int, max_runs: int,
-               min_seconds: float, max_seconds: float) -> LatencyStats:
+               min_seconds: float, max_seconds: float, device: str = "cpu") -> LatencyStats:
     """Warm up, then time ``call`` until min_runs and min_seconds are both reached (or a cap)."""
+    timed = _cuda_timer(call) if device == "cuda" else _host_timer(call)
     for _ in range(warmup):
-        call()
+        timed()
     samples: list[float] = []
     started = time.perf_counter()
     while len(samples) < max_runs:
-        t0 = time.perf_counter_ns()
-        call()
-        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        samples.append(timed())
         elapsed = time.perf_counter() - started
         if (len(samples) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
             break
     return summarize(samples, batch_size)
+
+
+def _host_timer(call: Callable[[], Any]) -> Callable[[], float]:
+    def timed() -> float:
+        t0 = time.perf_counter_ns()
+        call()
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    return timed
+
+
+def _cuda_timer(call: Callable[[], Any]) -> Callable[[], float]:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed() -> float:
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    return timed
 
 
 def summarize(samples_ms: Sequence[float], batch_size: int) -> LatencyStats:
@@ -103,12 +131,32 @@ def measure(runner: Runner, make_inputs: Callable[[int], dict[str, np.ndarray]],
 
         if i == 0:
             stats = time_calls(call, batch, settings.warmup_runs, settings.min_runs, settings.max_runs,
-                               settings.min_seconds, settings.max_seconds)
+                               settings.min_seconds, settings.max_seconds, runner.device)
         else:
             stats = time_calls(call, batch, 1, settings.sweep_min_runs, settings.max_runs,
-                               settings.sweep_seconds, settings.sweep_seconds * 4)
+                               settings.sweep_seconds, settings.sweep_seconds * 4, runner.device)
         sweep.append(stats)
     return tuple(sweep)
+
+
+def end_to_end(runner: Runner, inputs: dict[str, np.ndarray], settings: BenchSettings) -> LatencyStats:
+    """The whole call a user makes with host arrays: conversion, copies to and from the device, compute."""
+    return time_calls(lambda: runner(inputs), len(next(iter(inputs.values()))), settings.warmup_runs,
+                      settings.min_runs, settings.max_runs, settings.min_seconds, settings.max_seconds)
+
+
+@contextmanager
+def gpu_peak_sampler(device: str) -> Iterator[Callable[[], float]]:
+    """Peak GPU memory torch allocated inside the block, above what was allocated before it (MiB)."""
+    if device != "cuda":
+        yield lambda: 0.0
+        return
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    yield lambda: max(0.0, (torch.cuda.max_memory_allocated() - before) / 2**20)
 
 
 def current_rss_mb() -> float:

@@ -32,6 +32,7 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
         bench=BenchSettings(batch_sizes=tuple(args.batch_sizes)),
         backends=tuple(b.strip() for b in args.backends.split(",")) if args.backends else (),
         calibration_samples=args.calibration_samples,
+        device=args.target,
         precisions=tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (),
         **extra,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -51,6 +52,34 @@ def native_bf16_reason() -> str | None:
             "typically 5-38x slower than fp32")
 
 
+def cuda_unavailable_reason() -> str | None:
+    """None when torch sees a CUDA GPU; otherwise why CUDA candidates cannot run here."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return f"no CUDA GPU here (torch {torch.__version__}: torch.cuda.is_available() is False)"
+    return None
+
+
+def cuda_capability() -> str | None:
+    """The GPU's compute capability as "X.Y" (9.0 on Hopper), or None without one."""
+    if cuda_unavailable_reason():
+        return None
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def cuda_requirement(compiled_for_this_gpu: bool, at_least: str = "7.0") -> dict[str, str]:
+    """Kernels compiled here (AOTInductor, CUDA graphs) run on this GPU generation only; a
+    serialized program runs on any GPU with at least ``at_least`` (e.g. 8.0 for bf16)."""
+    have = cuda_capability() or at_least
+    return {"cuda_capability": f"=={have}" if compiled_for_this_gpu else f">={at_least}"}
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -75,13 +104,22 @@ def fingerprint() -> dict[str, Any]:
         "cores": usable_cores(),
         "cpu_flags": sorted(f for f in _CPU_FLAGS_OF_INTEREST if f in cpu_flags()),
         "libraries": {name: version_of(name) for name in LIBRARIES},
+        **({"gpu": _gpu_name(), "cuda_capability": cuda_capability()} if "torch" in sys.modules
+           and cuda_capability() else {}),
     }
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return str(torch.cuda.get_device_name())
 
 
 def unmet_requirements(requires: dict[str, str]) -> list[str]:
     """Each requirement this host misses, as a sentence. Keys: ``package:NAME`` (">=X.Y", or "==X.Y" for
     the X.Y series),
-    ``cpu_flag:NAME`` and ``machine`` (e.g. "x86_64")."""
+    ``cpu_flag:NAME``, ``machine`` (e.g. "x86_64") and ``cuda_capability`` (">=8.0", or "==9.0" for kernels
+    compiled for one GPU generation)."""
     problems = []
     for key, want in requires.items():
         kind, _, name = key.partition(":")
@@ -95,6 +133,14 @@ def unmet_requirements(requires: dict[str, str]) -> list[str]:
             problems.append(f"needs the CPU feature {name}, which this CPU ({cpu_model()}) lacks")
         elif kind == "machine" and platform.machine() != want:
             problems.append(f"was built for {want}, this machine is {platform.machine()}")
+        elif kind == "cuda_capability":
+            have_gpu = cuda_capability()
+            if have_gpu is None:
+                problems.append(f"needs a CUDA GPU of compute capability {want[2:]}"
+                                f"{' or newer' if want.startswith('>=') else ''}: {cuda_unavailable_reason()}")
+            elif not _version_satisfies(have_gpu, want):
+                problems.append(f"was built for CUDA compute capability {want}, this GPU "
+                                f"({_gpu_name()}) has {have_gpu}")
     return problems
 
 

@@ -37,18 +37,23 @@ PORTABLE_BACKENDS = ("onnxruntime", "torchscript", "eager")
 
 def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResult]:
     """The best candidate and up to ``fallbacks`` more passed ones, one per backend, with a portable
-    (no compile cache, no CPU-specific code) artifact among them whenever one passed."""
+    (no compile cache, no CPU-specific code, no GPU) artifact among them whenever one passed."""
     chosen: list[CandidateResult] = []
     for candidate in result.passed:
         if len(chosen) > fallbacks:
             break
-        if all(c.config.backend != candidate.config.backend for c in chosen):
+        if all((c.config.backend, c.config.device) != (candidate.config.backend, candidate.config.device)
+               for c in chosen):
             chosen.append(candidate)
-    if not any(c.config.backend in PORTABLE_BACKENDS for c in chosen):
-        portable = next((c for c in result.passed if c.config.backend in PORTABLE_BACKENDS), None)
+    if not any(_portable(c) for c in chosen):  # e.g. a GPU package: one that runs on any CPU
+        portable = next((c for c in result.passed if _portable(c)), None)
         if portable is not None:
             chosen.append(portable)
     return chosen
+
+
+def _portable(candidate: CandidateResult) -> bool:
+    return candidate.config.backend in PORTABLE_BACKENDS and candidate.config.device == "cpu"
 
 
 def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_name: str, source_fingerprint: str,

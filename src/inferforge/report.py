@@ -37,6 +37,11 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
             note = f"picked ({result.options.objective.value})"
         elif c.status is Status.PASSED:
             note = "fallback candidate"
+        if b is not None and c.config.device == "cuda":
+            gpu = f"GPU peak {b.peak_gpu_mb:.0f} MB"
+            if b.end_to_end is not None:
+                gpu += f", bs1 with host copies {b.end_to_end.p50_ms:.2f} ms"
+            note = f"{note}; {gpu}".lstrip("; ")
         kept = c.artifact.details.get("keep_fp32") if c.artifact else None
         if kept:
             note = f"{note}; kept in FP32: {', '.join(kept)}".lstrip("; ")

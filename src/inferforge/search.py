@@ -20,7 +20,15 @@ import numpy as np
 
 from inferforge.backends import backend_names, get_backend
 from inferforge.backends.base import Artifact, Backend, BuildConfig
-from inferforge.bench import BenchReport, BenchSettings, current_rss_mb, measure, peak_rss_sampler
+from inferforge.bench import (
+    BenchReport,
+    BenchSettings,
+    current_rss_mb,
+    end_to_end,
+    gpu_peak_sampler,
+    measure,
+    peak_rss_sampler,
+)
 from inferforge.data import Dataset
 from inferforge.environment import usable_cores
 from inferforge.errors import InferforgeError, one_line
@@ -55,6 +63,7 @@ class SearchOptions:
     calibration_samples: int = 128  # static INT8: samples read to choose activation scales
     tune: bool = True  # measure threads / instances for the picked artifact (tune.py)
     precisions: tuple[str, ...] = ()  # empty: every precision the backends propose
+    cpu_fallback: bool = True  # with a GPU device: also build CPU candidates, so the package runs anywhere
 
 
 @dataclass
@@ -98,6 +107,7 @@ class SearchResult:
 
 
 Progress = Callable[[str, str], None]  # (candidate key, stage or final status)
+CPU_FALLBACK_BACKENDS = ("onnxruntime", "eager")  # built for cpu too when the target is a GPU
 
 
 def candidate_configs(options: SearchOptions) -> list[tuple[Backend, BuildConfig]]:
@@ -114,6 +124,9 @@ def candidate_configs(options: SearchOptions) -> list[tuple[Backend, BuildConfig
         backend = get_backend(name)
         pairs += [(backend, config) for config in backend.configs(options.device)
                   if not options.precisions or config.precision.value in options.precisions]
+    if options.device != "cpu" and options.cpu_fallback:  # a GPU package keeps a CPU fallback
+        pairs += [(get_backend(name), BuildConfig(name, Precision.FP32, "cpu", get_backend(name).options_type()))
+                  for name in CPU_FALLBACK_BACKENDS if name in names]
     return pairs
 
 
@@ -215,7 +228,7 @@ def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, d
     stage = "load"
     try:
         rss_before = current_rss_mb()
-        with peak_rss_sampler() as peak:
+        with peak_rss_sampler() as peak, gpu_peak_sampler(config.device) as gpu_peak:
             report(key, "loading")
             started = time.perf_counter()
             runner = backend.load(artifact, source.spec, options.threads)
@@ -228,8 +241,9 @@ def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, d
             stage = "benchmark"
             report(key, "benchmarking")
             sweep = measure(runner, lambda batch: dataset.take(batch), options.bench)
+            whole = end_to_end(runner, dataset.take(1), options.bench) if config.device != "cpu" else None
         result.bench = BenchReport(sweep[0], sweep, options.threads, max(0.0, peak() - rss_before), load_seconds,
-                                   load_rss_mb)
+                                   load_rss_mb, gpu_peak(), whole)
     except Exception as exc:
         result.reason = f"{stage}: {one_line(exc)}"
         return result

@@ -56,11 +56,16 @@ class ModelSource:
 
         if self.module is None:
             raise SourceError(f"{self.name} is an ONNX model: there is no PyTorch module to export")
-        args = tuple(torch.from_numpy(v) for v in _at_least_batch_2(self.spec, self.example_inputs).values())
         # forward(*args): the dynamic shapes of the varargs go in one tuple.
-        self._exported = torch.export.export(self.module, args, dynamic_shapes=(export_dynamic_shapes(self.spec),),
-                                             strict=False)
+        self._exported = torch.export.export(self.module, self.export_args(), strict=False,
+                                             dynamic_shapes=(export_dynamic_shapes(self.spec),))
         return self._exported
+
+    def export_args(self) -> tuple[Any, ...]:
+        """The example inputs as CPU tensors in spec order, batch at least 2 (export specialises size 1)."""
+        import torch
+
+        return tuple(torch.from_numpy(v) for v in _at_least_batch_2(self.spec, self.example_inputs).values())
 
     def fingerprint(self) -> str:
         """A short hash of weights and spec, for cache keys and the manifest."""

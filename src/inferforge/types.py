@@ -41,8 +41,10 @@ class Precision(StrEnum):
     """Numeric precision a candidate computes in."""
 
     FP32 = "fp32"
+    TF32 = "tf32"  # fp32 storage, matrix products on NVIDIA tensor cores with 10-bit mantissas
     BF16 = "bf16"
     FP16 = "fp16"
+    FP8 = "fp8"  # e4m3 weights and activations with per-row scales, on Ada/Hopper tensor cores
     INT8 = "int8"  # weights (and, when calibrated, activations) in 8 bits; the config's options say how
 
 

@@ -20,6 +20,7 @@ _MODULES: dict[str, str] = {
     "onnxruntime": "inferforge.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "inferforge.backends.openvino:OpenVinoBackend",
     "torch-int8": "inferforge.backends.torch_int8:TorchInt8Backend",
+    "torchao": "inferforge.backends.torchao_cuda:TorchaoCudaBackend",
 }
 
 

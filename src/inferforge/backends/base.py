@@ -95,6 +95,13 @@ class Runner(ABC):
         return self.spec.inputs
 
     @property
+    def device(self) -> str:
+        return self.artifact.config.device
+
+    def synchronize(self) -> None:  # noqa: B027 - a no-op for every runner that computes synchronously
+        """Wait for work queued on an asynchronous device (CUDA); timing calls this before reading a clock."""
+
+    @property
     def outputs(self) -> Sequence[Any]:
         return self.spec.outputs
 
@@ -136,6 +143,7 @@ class Backend(ABC):
     name: ClassVar[str]
     accepts: ClassVar[frozenset[SourceKind]]
     options_type: ClassVar[type] = NoOptions
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu"})  # where its artifacts run
     # Why a source kind outside ``accepts`` is refused, where a plainer reason than "does not take" helps.
     refusals: ClassVar[Mapping[SourceKind, str]] = {}
 
@@ -147,8 +155,8 @@ class Backend(ABC):
         """None when the config can be built here, else a sentence saying why not."""
         if source.kind not in self.accepts:
             return self.refusals.get(source.kind, f"{self.name} does not take {source.kind.value} models")
-        if config.device != "cpu":
-            return f"{self.name} builds for cpu in this version, not {config.device}"
+        if config.device not in self.devices:
+            return f"{self.name} builds for {', '.join(sorted(self.devices))} in this version, not {config.device}"
         return None
 
     @abstractmethod

@@ -12,7 +12,9 @@ from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_fro
 from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
-    cast_module,
+    device_requirement,
+    load_program,
+    place_module,
     set_torch_threads,
 )
 from inferforge.data import Dataset
@@ -29,21 +31,22 @@ class EagerBackend(TorchBackend):
     refusals = {SourceKind.TORCHSCRIPT: "a TorchScript model runs as the torchscript candidate"}
 
     def configs(self, device: str) -> list[BuildConfig]:
-        return [BuildConfig(self.name, p, device) for p in (Precision.FP32, Precision.BF16)]
+        precisions: tuple[Precision, ...] = (Precision.FP32, Precision.BF16)
+        if device == "cuda":  # weights cast; TF32 keeps fp32 weights and uses the tensor cores' TF32 mode
+            precisions = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16)
+        return [BuildConfig(self.name, p, device) for p in precisions]
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
               calibration: Dataset | None = None) -> Artifact:
         import torch
 
         torch.export.save(source.exported_program(), str(out_dir / PROGRAM))
-        requires = torch_requirement()
-        if config.precision is Precision.BF16:
+        requires = {**torch_requirement(), **device_requirement(config)}
+        if config.precision is Precision.BF16 and config.device == "cpu":
             requires["cpu_flag:avx512_bf16"] = "yes"
         return artifact_from_dir(config, out_dir, requires, {"format": "torch.export"})
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
-        import torch
-
         set_torch_threads(threads)
-        module = torch.export.load(str(artifact.directory / PROGRAM)).module()
-        return TorchRunner(spec, artifact, cast_module(module, artifact.config.precision))
+        module = load_program(artifact.directory / PROGRAM, artifact.config.device)
+        return TorchRunner(spec, artifact, place_module(module, artifact.config, spec))

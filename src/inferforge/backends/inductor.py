@@ -2,8 +2,17 @@
 
 The artifact is the torch.export program plus Inductor's portable cache
 ("mega-cache"): ``load`` recompiles from that cache instead of from scratch, so a
-package starts in seconds on a machine with the same torch and CPU family, and
-still works (compiling anew, slower to start) elsewhere.
+package starts faster on a machine with the same torch and CPU family, and still
+works (compiling anew, slower to start) elsewhere.
+
+On CUDA the candidates use ``mode="reduce-overhead"``: CUDA graphs, which remove the
+per-kernel launch cost that dominates small batches. A graph is captured for one
+input shape, so batches are padded up to a bucket (``BUCKETS``; the last row
+repeated) and the outputs sliced back: any batch size replays one of a few graphs
+instead of capturing a new one. Batch 1 compiles a static graph and the first larger
+bucket one with a dynamic batch dimension that serves every bucket above; each bucket's
+CUDA graph is captured at its first use. The serving batcher reads the buckets from
+the artifact's ``static_batch_sizes`` and pads the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
-from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
+from inferforge.backends.torch_common import (
+    TorchBackend,
+    TorchRunner,
+    device_requirement,
+    load_program,
+    place_module,
+    set_torch_threads,
+)
 from inferforge.data import Dataset, generate_inputs
 from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
@@ -24,13 +40,16 @@ PROGRAM = "model.pt2"
 CACHE = "compile_cache.bin"
 # Batch 1 compiles a static graph; batch 2 makes the batch dimension dynamic, covering every size above.
 _WARM_BATCHES = (1, 2)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # CUDA graph batch sizes
 
 
 @dataclass(frozen=True)
 class InductorOptions:
-    """``freezing`` folds weights into the graph as constants: faster on CPU, slower to compile."""
+    """``freezing`` folds weights into the graph as constants: faster on CPU, slower to compile.
+    ``mode``: torch.compile's mode ("reduce-overhead": CUDA graphs, used on GPU)."""
 
     freezing: bool = False
+    mode: str = "default"
 
 
 class InductorBackend(TorchBackend):
@@ -40,6 +59,9 @@ class InductorBackend(TorchBackend):
     refusals = {SourceKind.TORCHSCRIPT: "torch.compile cannot trace a TorchScript module"}
 
     def configs(self, device: str) -> list[BuildConfig]:
+        if device == "cuda":
+            return [BuildConfig(self.name, p, device, InductorOptions(mode="reduce-overhead"))
+                    for p in (Precision.FP16, Precision.BF16)]
         return [BuildConfig(self.name, Precision.FP32, device, InductorOptions(freezing=f)) for f in (False, True)]
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
@@ -48,18 +70,21 @@ class InductorBackend(TorchBackend):
 
         torch.export.save(source.exported_program(), str(out_dir / PROGRAM))
         _clear_cache_recording()
-        # Compile exactly what load() will compile, so the recorded cache entries match there.
-        compiled = _compile(torch.export.load(str(out_dir / PROGRAM)).module(), config.options)
+        # Compile and warm exactly what load() does, so the recorded cache entries match there.
         started = time.perf_counter()
-        _warm(compiled, source.spec)
+        self.load(artifact_from_dir(config, out_dir), source.spec, torch.get_num_threads())
         saved = torch.compiler.save_cache_artifacts()
         details: dict[str, Any] = {"format": "torch.export + inductor cache",
                                    "warm_compile_seconds": round(time.perf_counter() - started, 2)}
+        if config.device == "cuda":
+            details["static_batch_sizes"] = list(BUCKETS)
+            details["note"] = "CUDA graphs: each batch bucket is captured at its first use"
         if saved is not None:
             (out_dir / CACHE).write_bytes(saved[0])
         else:
             details["cache"] = "torch recorded no cache artifacts; load will compile from scratch"
-        requires = {**torch_requirement(), "machine": _machine()}
+        requires = {**torch_requirement(), "machine": _machine(),
+                    **device_requirement(config, compiled_for_this_gpu=True)}
         return artifact_from_dir(config, out_dir, requires, details)
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
@@ -69,28 +94,50 @@ class InductorBackend(TorchBackend):
         cache = artifact.directory / CACHE
         if cache.exists():
             torch.compiler.load_cache_artifacts(cache.read_bytes())
-        compiled = _compile(torch.export.load(str(artifact.directory / PROGRAM)).module(), artifact.config.options)
-        _warm(compiled, spec)
-        return TorchRunner(spec, artifact, compiled)
+        config = artifact.config
+        module = place_module(load_program(artifact.directory / PROGRAM, config.device), config, spec)
+        compiled = compile_module(module, config.options, config.device)
+        if config.device == "cuda":
+            runner = TorchRunner(spec, artifact, bucketed(compiled), clone_outputs=True)
+            runner.run_native(runner.to_native(generate_inputs(spec, 1)))  # bucket 1 captured now
+            return runner
+        runner = TorchRunner(spec, artifact, compiled)
+        for batch in _WARM_BATCHES:
+            runner.run_native(runner.to_native(generate_inputs(spec, batch)))
+        return runner
 
 
-def _compile(module: Any, options: InductorOptions) -> Any:
+def compile_module(module: Any, options: InductorOptions, device: str) -> Any:
     import logging
 
     import torch
 
     # On a CPU-only host torch logs a CUDA_HOME notice at the first compile; it is noise here.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
+    if device == "cuda":  # batch 1 compiles static, the first larger bucket a dynamic-batch graph for the rest
+        return torch.compile(module, backend="inductor", mode=options.mode)
     return torch.compile(module, backend="inductor", options={"freezing": options.freezing})
 
 
-def _warm(compiled: Any, spec: ModelSpec) -> None:
+def bucketed(fn: Any) -> Any:
+    """Pad the batch up to the next bucket (repeating the last row), call, slice the outputs back."""
     import torch
 
-    with torch.inference_mode():
-        for batch in _WARM_BATCHES:
-            compiled(*[torch.from_numpy(a) for a in generate_inputs(spec, batch).values()])
+    def call(*args: Any) -> tuple[Any, ...]:
+        rows = args[0].shape[0]
+        size = next((b for b in BUCKETS if b >= rows), rows)
+        if size > rows:
+            args = tuple(torch.cat([a, a[-1:].expand(size - rows, *a.shape[1:])]).contiguous(
+                memory_format=torch.channels_last if a.dim() == 4 and a.is_contiguous(
+                    memory_format=torch.channels_last) else torch.contiguous_format) for a in args)
+        if size > 1:  # one compile covers every bucket above 1; CUDA graphs are still captured per bucket
+            for a in args:
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+        outputs = fn(*args)
+        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
+        return tuple(o[:rows] for o in outputs)
+
+    return call
 
 
 def _clear_cache_recording() -> None:

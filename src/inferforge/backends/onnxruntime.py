@@ -90,7 +90,9 @@ class OnnxRuntimeBackend(Backend):
     def configs(self, device: str) -> list[BuildConfig]:
         """FP32, INT8 dynamic and INT8 static (MinMax): entropy and percentile calibration gained nothing on
         the models measured (onnxruntime_int8.py) and cost 2-4x the calibration time, so they are not tried
-        by default."""
+        by default. On a GPU target: FP32 through ONNX Runtime's CUDA provider, where it is installed."""
+        if device == "cuda":
+            return [BuildConfig(self.name, Precision.FP32, device, OnnxRuntimeOptions())]
         return [BuildConfig(self.name, Precision.FP32, device, OnnxRuntimeOptions()),
                 BuildConfig(self.name, Precision.INT8, device, OnnxRuntimeOptions(mode="dynamic")),
                 BuildConfig(self.name, Precision.INT8, device, OnnxRuntimeOptions(mode="static"))]
@@ -100,6 +102,14 @@ class OnnxRuntimeBackend(Backend):
             return "onnxruntime is not installed (pip install onnxruntime)"
         if config.precision not in (Precision.FP32, Precision.INT8):
             return f"onnxruntime builds fp32 and int8 here, not {config.precision.value}"
+        if config.device == "cuda":
+            import onnxruntime as ort
+
+            providers = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in providers:
+                return (f"this onnxruntime {version_of('onnxruntime')} has no CUDA provider (it has "
+                        f"{', '.join(providers)}); pip install onnxruntime-gpu for it")
+            return "inferforge does not yet run onnxruntime's CUDA provider; eager, inductor and aoti cover cuda"
         return super().unavailable_reason(config, source)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
