@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-cpu bench-serve protos clean
+.PHONY: demo test lint bench-cpu bench-serve bench-gpu protos clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ bench-cpu: $(STAMP)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py --wait-quiet 5
 
+# On a machine with a CUDA GPU: writes gpu_suite.md (the table for docs/benchmarks.md) and gpu_suite.json.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_suite.py --out gpu-suite
+
 # The gRPC messages (src/inferforge/serve/kserve_v2_pb2.py) from their .proto; needs the dev extra.
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src src/inferforge/serve/kserve_v2.proto
 
 clean:
-	rm -rf $(VENV) demo-packages .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-packages gpu-suite .pytest_cache .mypy_cache .ruff_cache

@@ -13,8 +13,7 @@ from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
     device_requirement,
-    load_program,
-    place_module,
+    load_placed,
     set_torch_threads,
 )
 from inferforge.data import Dataset
@@ -48,5 +47,4 @@ class EagerBackend(TorchBackend):
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         set_torch_threads(threads)
-        module = load_program(artifact.directory / PROGRAM, artifact.config.device)
-        return TorchRunner(spec, artifact, place_module(module, artifact.config, spec))
+        return TorchRunner(spec, artifact, load_placed(artifact, spec, PROGRAM))

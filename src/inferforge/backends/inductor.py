@@ -27,8 +27,7 @@ from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
     device_requirement,
-    load_program,
-    place_module,
+    load_placed,
     set_torch_threads,
 )
 from inferforge.data import Dataset, generate_inputs
@@ -95,8 +94,7 @@ class InductorBackend(TorchBackend):
         if cache.exists():
             torch.compiler.load_cache_artifacts(cache.read_bytes())
         config = artifact.config
-        module = place_module(load_program(artifact.directory / PROGRAM, config.device), config, spec)
-        compiled = compile_module(module, config.options, config.device)
+        compiled = compile_module(load_placed(artifact, spec, PROGRAM), config.options, config.device)
         if config.device == "cuda":
             runner = TorchRunner(spec, artifact, bucketed(compiled), clone_outputs=True)
             runner.run_native(runner.to_native(generate_inputs(spec, 1)))  # bucket 1 captured now

@@ -137,6 +137,12 @@ def export_placed(source: ModelSource, config: BuildConfig) -> Any:
     return torch.export.export(module, args, dynamic_shapes=export_dynamic_shapes(source.spec), strict=False)
 
 
+def load_placed(artifact: Artifact, spec: ModelSpec, program_file: str) -> Any:
+    """An artifact's saved program as a module ready to run: on its device, in its precision."""
+    module = load_program(artifact.directory / program_file, artifact.config.device)
+    return place_module(module, artifact.config, spec)
+
+
 @contextmanager
 def tf32_mode(precision: Precision, device: str) -> Iterator[None]:
     """TF32 on for a TF32 candidate and off for every other CUDA candidate, restored afterwards."""
