@@ -31,12 +31,11 @@ from inferforge.backends.torch_common import (
     set_torch_threads,
 )
 from inferforge.data import Dataset, generate_inputs
-from inferforge.environment import cuda_capability, torch_requirement, version_of
+from inferforge.environment import torch_requirement, version_of
 from inferforge.source import ModelSource, SourceKind, export_dynamic_shapes
 from inferforge.types import ModelSpec, Precision
 
 PROGRAM = "model.pt2"
-FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have FP8 tensor cores
 
 
 @dataclass(frozen=True)
@@ -58,21 +57,11 @@ class TorchaoCudaBackend(TorchBackend):
         return [BuildConfig(self.name, Precision.FP8, device, TorchaoOptions())] if device == "cuda" else []
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
+        """torchao installed, then what every torch backend checks: source kind, device, and that this GPU
+        computes the precision natively (FP8: compute capability 8.9, Ada and Hopper)."""
         if version_of("torchao") is None:
             return "torchao is not installed (pip install torchao)"
-        if source.kind not in self.accepts:
-            return self.refusals.get(source.kind, f"torchao does not take {source.kind.value} models")
-        if config.device not in self.devices:
-            return f"torchao FP8 builds for cuda, not {config.device}"
-        from inferforge.environment import cuda_unavailable_reason
-
-        reason = cuda_unavailable_reason()
-        if reason:
-            return reason
-        have = cuda_capability() or "0.0"
-        if tuple(map(int, have.split("."))) < FP8_MIN_CAPABILITY:
-            return f"FP8 tensor cores need compute capability 8.9 or newer (Ada, Hopper); this GPU has {have}"
-        return None
+        return super().unavailable_reason(config, source)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
               calibration: Dataset | None = None) -> Artifact:
