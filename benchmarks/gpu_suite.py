@@ -13,6 +13,9 @@ over the given backends and precisions (default: eager and inductor with CUDA gr
 torchao FP8 on request), its pick loaded back from the package. AOTInductor on CUDA is left
 out: its packages crashed on load here (see backends/aoti.py). About 2.5 minutes on an H100.
 
+TensorRT cannot be installed on the lent GPU machine, so its line is a published figure
+(``TENSORRT_REFERENCE``), with its source, setup and what makes it not like-for-like.
+
     python3 benchmarks/gpu_suite.py [--models resnet50,bert-base,minilm-shape] [--out DIR]
 
 It writes DIR/gpu_suite.md (the table for docs/benchmarks.md) and DIR/gpu_suite.json.
@@ -37,6 +40,18 @@ import numpy as np
 import torch
 
 BATCHES = (1, 256)
+# Published TensorRT figures for these models on an H100 SXM (the lent GPU is an "H100 80GB HBM3", SXM).
+# Only MLPerf Offline throughput is published for H100; no batch-1 latency and no BERT-base figure was found.
+_MLPERF = "mlcommons/inference_results_v4.0, closed/NVIDIA/results/DGX-H100_H100-SXM-80GBx1_TRT"
+TENSORRT_REFERENCE = {
+    "resnet50": ("88,714 samples/s (MLPerf Inference v4.0 Offline, TensorRT 9.3, INT8, batch 2048, whole "
+                 f"LoadGen harness); no batch-1 latency published. Source: {_MLPERF}/resnet50/Offline/"
+                 "performance/run_1/mlperf_log_summary.txt"),
+    "bert-base": ("no H100 BERT-base figure published. Nearest: BERT-large, seq up to 384, INT8: 9,082 samples/s "
+                  f"(MLPerf v4.0 Offline, {_MLPERF}/bert-99/Offline); BERT-base seq 128 batch 1 on an A100 40GB: "
+                  "INT8 0.55 ms, FP16 0.64 ms (NVIDIA/TensorRT demo/BERT/README.md)"),
+    "minilm-shape": "no published figure for this shape",
+}
 EVAL_SAMPLES = 64
 
 
@@ -218,6 +233,8 @@ def render(rows: list[Row], command: str) -> str:
     for r in rows:
         lines.append(f"| {r.model} | {r.peer} | {r.bs1_ms:.3f} | {r.bs256_per_s:,.0f} | {r.accuracy} | "
                      f"{r.peak_gpu_mb:.0f} | {r.note} |")
+    lines += ["", "TensorRT reference (published, not measured here; TensorRT cannot be installed on this machine):", ""]
+    lines += [f"- {model}: {TENSORRT_REFERENCE[model]}" for model in dict.fromkeys(r.model for r in rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Tests build afresh: a shared artifact cache would let one test's builds stand in for another's.
+# The cache's own tests pass a cache_dir explicitly.
+os.environ["INFERFORGE_CACHE"] = "off"
 
 from inferforge.bench import BenchSettings  # noqa: E402
 from inferforge.search import SearchOptions  # noqa: E402

@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--fallbacks", type=int, default=2, help="passed candidates packaged after the best")
     opt.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
     opt.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    opt.add_argument("--precisions", help="comma-separated subset of fp32,tf32,bf16,fp16,int8 (default: all)")
+    opt.add_argument("--precisions", help="comma-separated subset of fp32,tf32,bf16,fp16,fp8,int8 (default: all)")
+    opt.add_argument("--time-budget", type=float, metavar="SECONDS",
+                     help="start no candidate after this many seconds; the leaderboard lists what was skipped")
+    opt.add_argument("--cache-dir", type=Path, help="reuse builds from here (default $INFERFORGE_CACHE or "
+                     "~/.cache/inferforge/artifacts)")
+    opt.add_argument("--no-cache", action="store_true", help="build every candidate afresh and store nothing")
     opt.add_argument("--target", choices=["cpu", "cuda"], default="cpu",
                      help="where the candidates run; cuda also keeps CPU fallbacks in the package")
     opt.add_argument("--calibration", metavar="DATA", help="INT8 calibration samples: a folder of images "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferforge.api import OptimizeResult, optimize
 from inferforge.bench import BenchSettings
+from inferforge.errors import InferforgeError
 from inferforge.progress import SearchProgress, print_table
 from inferforge.report import report_json, rich_leaderboard
 from inferforge.search import Objective, SearchOptions, candidate_configs
@@ -25,6 +26,12 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     extra: dict[str, Any] = {}
     if args.threads:
         extra["threads"] = args.threads
+    if args.no_cache or args.cache_dir:
+        extra["cache_dir"] = None if args.no_cache else args.cache_dir
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise InferforgeError(f"--time-budget must be a positive number of seconds, got {args.time_budget:g}")
+        extra["time_budget_s"] = args.time_budget
     return SearchOptions(
         objective=Objective(args.objective),
         budget=AccuracyBudget(args.max_accuracy_drop, args.min_cosine, args.min_top1_agreement),

@@ -8,7 +8,6 @@ ranked list, saying which artifact it took and why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferforge.backends import get_backend
 from inferforge.backends.base import Runner, artifact_from_json
+from inferforge.cache import file_sha256
 from inferforge.environment import fingerprint, unmet_requirements, usable_cores
 from inferforge.errors import InferforgeError, PackageError, one_line
 from inferforge.search import CandidateResult, SearchResult
@@ -86,7 +86,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
             shutil.copytree(candidate.artifact.directory, staging / rel_dir)
             entries.append({
                 "rank": rank, "key": candidate.key, "path": rel_dir, **candidate.artifact.to_json(),
-                "sha256": {f: _sha256(staging / rel_dir / f) for f in candidate.artifact.files},
+                "sha256": {f: file_sha256(staging / rel_dir / f) for f in candidate.artifact.files},
                 "accuracy": candidate.accuracy.to_json() if candidate.accuracy else None,
                 "bench": candidate.bench.to_json() if candidate.bench else None,
                 "build_seconds": candidate.build_seconds,
@@ -118,7 +118,7 @@ def _write_serve_files(staging: Path, adapter: AdapterSpec) -> dict[str, Any]:
     checksums = {}
     for name, source in adapter.files().items():
         shutil.copyfile(source, folder / name)
-        checksums[name] = _sha256(folder / name)
+        checksums[name] = file_sha256(folder / name)
     return {"path": SERVE_DIR, "sha256": checksums, "adapter": adapter.to_json()}
 
 
@@ -131,14 +131,6 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -165,7 +157,7 @@ def verify_checksums(package: Path, entry: Mapping[str, Any]) -> None:
         file = package / entry["path"] / rel
         if not file.is_file():
             problems.append(f"{entry['path']}/{rel} is missing")
-        elif _sha256(file) != want:
+        elif file_sha256(file) != want:
             problems.append(f"{entry['path']}/{rel} does not match its checksum")
     if problems:
         raise PackageError(f"package {package} is damaged or was modified: " + "; ".join(problems)

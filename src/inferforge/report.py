@@ -27,6 +27,13 @@ def _accuracy_cell(c: CandidateResult) -> str:
     return f"cos {acc.cosine:.6f}"
 
 
+def _build_cell(c: CandidateResult) -> str:
+    if c.build_seconds is None:
+        return ""
+    cached = c.artifact is not None and "cache" in c.artifact.details
+    return f"{c.build_seconds:.1f}" + (" (cached)" if cached else "")
+
+
 def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     best = result.best
@@ -52,7 +59,7 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
             f"{b.best_throughput:.1f} (bs{max(b.sweep, key=lambda s: s.throughput).batch_size})" if b else "",
             _accuracy_cell(c),
             f"{max(o.max_abs for o in c.accuracy.outputs):.1e}" if c.accuracy and c.accuracy.outputs else "",
-            f"{c.build_seconds:.1f}" if c.build_seconds is not None else "",
+            _build_cell(c),
             f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
             f"{b.load_rss_mb:.0f}" if b else "",
             f"{b.peak_rss_mb:.0f}" if b else "",

@@ -29,6 +29,7 @@ from inferforge.bench import (
     measure,
     peak_rss_sampler,
 )
+from inferforge.cache import ArtifactCache, dataset_fingerprint, default_cache_dir
 from inferforge.data import Dataset
 from inferforge.environment import usable_cores
 from inferforge.errors import InferforgeError, one_line
@@ -64,6 +65,8 @@ class SearchOptions:
     tune: bool = True  # measure threads / instances for the picked artifact (tune.py)
     precisions: tuple[str, ...] = ()  # empty: every precision the backends propose
     cpu_fallback: bool = True  # with a GPU device: also build CPU candidates, so the package runs anywhere
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # built artifacts reused (cache.py); None: off
+    time_budget_s: float | None = None  # no candidate starts after this many seconds of search; None: no cap
 
 
 @dataclass
@@ -155,17 +158,21 @@ def run_search(source: ModelSource, dataset: Dataset, options: SearchOptions, wo
                progress: Progress | None = None, *, calibration: Dataset | None = None) -> SearchResult:
     """Try every candidate; never raises for a candidate's failure. ``calibration`` feeds static INT8."""
     report = progress or (lambda key, stage: None)
+    started = time.perf_counter()
     pairs = candidate_configs(options)
     reference = reference_outputs(source, dataset, options.threads)
-    results = []
+    cache = _BuildCache.open(options, source, calibration)
+    results: list[CandidateResult] = []
     for backend, config in pairs:
-        result = _try_candidate(backend, config, source, dataset, reference, options, workdir, report,
-                                calibration)
+        over = _over_budget(options, started) if results else None  # the first candidate always runs
+        result = (CandidateResult(config, Status.SKIPPED, over) if over else
+                  _try_candidate(backend, config, source, dataset, reference, options, workdir, report,
+                                 calibration, cache))
         report(config.key(), result.status.value)
         results.append(result)
         gc.collect()
         for retry in _mixed_precision_retries(backend, result, source, dataset, reference, options, workdir,
-                                              report, calibration):
+                                              report, calibration, cache, started):
             report(retry.key, retry.status.value)
             results.append(retry)
             gc.collect()
@@ -175,9 +182,51 @@ def run_search(source: ModelSource, dataset: Dataset, options: SearchOptions, wo
 MIXED_PRECISION_STEPS = (1, 2, 4, 8, 16)  # layers kept in FP32 at each retry, worst first
 
 
+def _over_budget(options: SearchOptions, started: float) -> str | None:
+    """Why a candidate is not started: the search's time budget is spent (None: it is not)."""
+    elapsed = time.perf_counter() - started
+    if options.time_budget_s is None or elapsed < options.time_budget_s:
+        return None
+    return f"not tried: the time budget of {options.time_budget_s:g} s was spent ({elapsed:.0f} s elapsed)"
+
+
+@dataclass(frozen=True)
+class _BuildCache:
+    """The artifact cache with this search's model and calibration fingerprints, computed once."""
+
+    cache: ArtifactCache
+    source_fingerprint: str
+    calibration_fingerprint: str | None
+
+    @classmethod
+    def open(cls, options: SearchOptions, source: ModelSource, calibration: Dataset | None) -> _BuildCache | None:
+        if options.cache_dir is None:
+            return None
+        return cls(ArtifactCache(options.cache_dir), source.fingerprint(), dataset_fingerprint(calibration))
+
+    def key(self, config: BuildConfig) -> str:
+        return self.cache.key(self.source_fingerprint, config, self.calibration_fingerprint)
+
+
+def _build(backend: Backend, config: BuildConfig, source: ModelSource, out_dir: Path, calibration: Dataset | None,
+           cache: _BuildCache | None) -> tuple[Artifact, float]:
+    """The candidate's artifact and what building it cost: from the cache when this exact build is there."""
+    if cache is not None:
+        hit = cache.cache.get(cache.key(config), config, out_dir)
+        if hit is not None:
+            return hit.artifact, hit.build_seconds
+    started = time.perf_counter()
+    artifact = backend.build(source, config, out_dir, calibration=calibration)
+    seconds = time.perf_counter() - started
+    if cache is not None:
+        cache.cache.put(cache.key(config), artifact, seconds)
+    return artifact, seconds
+
+
 def _mixed_precision_retries(backend: Backend, result: CandidateResult, source: ModelSource, dataset: Dataset,
                              reference: dict[str, np.ndarray], options: SearchOptions, workdir: Path,
-                             report: Progress, calibration: Dataset | None) -> list[CandidateResult]:
+                             report: Progress, calibration: Dataset | None, cache: _BuildCache | None,
+                             started: float) -> list[CandidateResult]:
     """Accuracy-aware INT8: an INT8 candidate outside the budget is rebuilt with its most harmful layers
     (the backend's sensitivity ranking) kept in FP32, 1, 2, 4, ... of them, until one passes or a step
     no longer improves the figure the budget is decided on. Every variant is on the leaderboard."""
@@ -196,7 +245,12 @@ def _mixed_precision_retries(backend: Backend, result: CandidateResult, source: 
     # Keeping every layer in FP32 would be FP32 with extra steps: at least one layer stays INT8.
     for count in sorted({min(step, len(layers) - 1) for step in MIXED_PRECISION_STEPS if len(layers) > 1}):
         mixed = replace(config, options=replace(config.options, keep_fp32=tuple(layers[:count])))
-        retry = _try_candidate(backend, mixed, source, dataset, reference, options, workdir, report, calibration)
+        over = _over_budget(options, started)
+        if over:
+            retries.append(CandidateResult(mixed, Status.SKIPPED, over))
+            break
+        retry = _try_candidate(backend, mixed, source, dataset, reference, options, workdir, report, calibration,
+                               cache)
         retries.append(retry)
         if retry.status is Status.PASSED or retry.accuracy is None:
             break
@@ -209,7 +263,8 @@ def _mixed_precision_retries(backend: Backend, result: CandidateResult, source: 
 
 def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, dataset: Dataset,
                    reference: dict[str, np.ndarray], options: SearchOptions, workdir: Path,
-                   report: Progress, calibration: Dataset | None = None) -> CandidateResult:
+                   report: Progress, calibration: Dataset | None = None,
+                   cache: _BuildCache | None = None) -> CandidateResult:
     key = config.key()
     reason = backend.unavailable_reason(config, source)
     if reason:
@@ -219,11 +274,10 @@ def _try_candidate(backend: Backend, config: BuildConfig, source: ModelSource, d
     report(key, "building")
     started = time.perf_counter()
     try:
-        artifact = backend.build(source, config, out_dir, calibration=calibration)
+        artifact, build_seconds = _build(backend, config, source, out_dir, calibration, cache)
     except Exception as exc:
         return CandidateResult(config, Status.FAILED, f"build: {one_line(exc)}",
                                build_seconds=time.perf_counter() - started)
-    build_seconds = time.perf_counter() - started
     result = CandidateResult(config, Status.FAILED, artifact=artifact, build_seconds=build_seconds)
     stage = "load"
     try:

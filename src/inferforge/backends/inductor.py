@@ -5,14 +5,11 @@ The artifact is the torch.export program plus Inductor's portable cache
 package starts faster on a machine with the same torch and CPU family, and still
 works (compiling anew, slower to start) elsewhere.
 
-On CUDA the candidates use ``mode="reduce-overhead"``: CUDA graphs, which remove the
-per-kernel launch cost that dominates small batches. A graph is captured for one
-input shape, so batches are padded up to a bucket (``BUCKETS``; the last row
-repeated) and the outputs sliced back: any batch size replays one of a few graphs
-instead of capturing a new one. Batch 1 compiles a static graph and the first larger
-bucket one with a dynamic batch dimension that serves every bucket above; each bucket's
-CUDA graph is captured at its first use. The serving batcher reads the buckets from
-the artifact's ``static_batch_sizes`` and pads the same way.
+On CUDA the candidates compile in the default mode and replay CUDA graphs captured
+per batch bucket (``cuda_graphs.py`` says why not ``mode="reduce-overhead"``): batches
+are padded up to a bucket and the outputs sliced back, so any batch size replays one
+of a few graphs. The serving batcher reads the buckets from the artifact's
+``static_batch_sizes`` and pads the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.cuda_graphs import BUCKETS, GraphedBuckets
 from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
@@ -39,16 +37,16 @@ PROGRAM = "model.pt2"
 CACHE = "compile_cache.bin"
 # Batch 1 compiles a static graph; batch 2 makes the batch dimension dynamic, covering every size above.
 _WARM_BATCHES = (1, 2)
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # CUDA graph batch sizes
 
 
 @dataclass(frozen=True)
 class InductorOptions:
     """``freezing`` folds weights into the graph as constants: faster on CPU, slower to compile.
-    ``mode``: torch.compile's mode ("reduce-overhead": CUDA graphs, used on GPU)."""
+    ``mode``: torch.compile's mode. ``cuda_graphs``: replay graphs captured per batch bucket (GPU)."""
 
     freezing: bool = False
     mode: str = "default"
+    cuda_graphs: bool = False
 
 
 class InductorBackend(TorchBackend):
@@ -59,7 +57,7 @@ class InductorBackend(TorchBackend):
 
     def configs(self, device: str) -> list[BuildConfig]:
         if device == "cuda":
-            return [BuildConfig(self.name, p, device, InductorOptions(mode="reduce-overhead"))
+            return [BuildConfig(self.name, p, device, InductorOptions(cuda_graphs=True))
                     for p in (Precision.FP16, Precision.BF16)]
         return [BuildConfig(self.name, Precision.FP32, device, InductorOptions(freezing=f)) for f in (False, True)]
 
@@ -95,10 +93,8 @@ class InductorBackend(TorchBackend):
             torch.compiler.load_cache_artifacts(cache.read_bytes())
         config = artifact.config
         compiled = compile_module(load_placed(artifact, spec, PROGRAM), config.options, config.device)
-        if config.device == "cuda":
-            runner = TorchRunner(spec, artifact, bucketed(compiled), clone_outputs=True)
-            runner.run_native(runner.to_native(generate_inputs(spec, 1)))  # bucket 1 captured now
-            return runner
+        if config.options.cuda_graphs:
+            return graphed_runner(spec, artifact, compiled)
         runner = TorchRunner(spec, artifact, compiled)
         for batch in _WARM_BATCHES:
             runner.run_native(runner.to_native(generate_inputs(spec, batch)))
@@ -117,25 +113,12 @@ def compile_module(module: Any, options: InductorOptions, device: str) -> Any:
     return torch.compile(module, backend="inductor", options={"freezing": options.freezing})
 
 
-def bucketed(fn: Any) -> Any:
-    """Pad the batch up to the next bucket (repeating the last row), call, slice the outputs back."""
-    import torch
-
-    def call(*args: Any) -> tuple[Any, ...]:
-        rows = args[0].shape[0]
-        size = next((b for b in BUCKETS if b >= rows), rows)
-        if size > rows:
-            args = tuple(torch.cat([a, a[-1:].expand(size - rows, *a.shape[1:])]).contiguous(
-                memory_format=torch.channels_last if a.dim() == 4 and a.is_contiguous(
-                    memory_format=torch.channels_last) else torch.contiguous_format) for a in args)
-        if size > 1:  # one compile covers every bucket above 1; CUDA graphs are still captured per bucket
-            for a in args:
-                torch._dynamo.maybe_mark_dynamic(a, 0)
-        outputs = fn(*args)
-        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
-        return tuple(o[:rows] for o in outputs)
-
-    return call
+def graphed_runner(spec: ModelSpec, artifact: Artifact, compiled: Any) -> Runner:
+    """A runner replaying CUDA graphs per batch bucket; bucket 1 is compiled and captured now, so the
+    first request does not pay for it."""
+    runner = TorchRunner(spec, artifact, GraphedBuckets(compiled))
+    runner.run_native(runner.to_native(generate_inputs(spec, 1)))
+    return runner
 
 
 def _clear_cache_recording() -> None:

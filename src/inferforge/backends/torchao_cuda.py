@@ -11,7 +11,7 @@ stay BF16) and the search's measurements show it.
 The quantized module is exported with torch.export, which traces torchao's tensor
 subclasses into plain tensors and ``_scaled_mm`` calls, so the artifact is an ordinary
 exported program: no pickle, and no torchao import needed to unpickle anything. It is
-compiled with CUDA graphs and batch buckets at load, like the ``inductor`` GPU
+compiled with CUDA graphs per batch bucket at load, like the ``inductor`` GPU
 candidates.
 """
 
@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
-from inferforge.backends.inductor import BUCKETS, InductorOptions, bucketed, compile_module
+from inferforge.backends.cuda_graphs import BUCKETS
+from inferforge.backends.inductor import InductorOptions, compile_module, graphed_runner
 from inferforge.backends.torch_common import (
     TorchBackend,
-    TorchRunner,
     device_requirement,
     load_program,
     set_torch_threads,
 )
-from inferforge.data import Dataset, generate_inputs
+from inferforge.data import Dataset
 from inferforge.environment import torch_requirement, version_of
 from inferforge.source import ModelSource, SourceKind, export_dynamic_shapes
 from inferforge.types import ModelSpec, Precision
@@ -87,7 +87,4 @@ class TorchaoCudaBackend(TorchBackend):
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         set_torch_threads(threads)
         module = load_program(artifact.directory / PROGRAM, "cuda")
-        compiled = compile_module(module, InductorOptions(mode="reduce-overhead"), "cuda")
-        runner = TorchRunner(spec, artifact, bucketed(compiled), clone_outputs=True)
-        runner.run_native(runner.to_native(generate_inputs(spec, 1)))  # bucket 1 captured now
-        return runner
+        return graphed_runner(spec, artifact, compile_module(module, InductorOptions(), "cuda"))
