@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-cpu bench-serve bench-gpu protos clean
+.PHONY: demo test lint chromium bench-cpu bench-serve bench-gpu protos clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 
-test: $(STAMP) lint
+# The HTML report test renders pages in headless Chromium (Debian's package); installed here where missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)) || \
+	  echo "warning: could not install chromium (needs root and apt); the browser test will skip, saying why"
+
+test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench-cpu: $(STAMP)

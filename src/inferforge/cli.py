@@ -6,10 +6,12 @@ Errors an user can fix exit with status 2 and one message; --debug adds the trac
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from inferforge.errors import InferforgeError
 
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
 
     _add_serve_parser(sub)
+    _add_measure_parsers(sub)
 
     demo = sub.add_parser("demo", help="optimize the built-in models (MiniLM-L6 and a digits CNN) and load them back")
     demo.add_argument("--out", type=Path, default=Path("demo-packages"))
@@ -125,6 +128,51 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
 
 
+COMMAND_MODULES = {"bench": "commands", "compare": "compare", "profile": "profile"}  # imported when run
+
+
+def _add_measure_parsers(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="MLPerf LoadGen scenarios on a package (in-process) or a running server "
+                           "(--url), with an HTML report")
+    bench.add_argument("package", type=Path, nargs="?", help="package folder (with --url: only supplies the spec)")
+    bench.add_argument("--url", help="http://HOST:PORT or grpc://HOST:PORT of inferforge serve (or any v2 server)")
+    bench.add_argument("--model", help="served model name (default: the package's)")
+    bench.add_argument("--token", help="bearer token for the server")
+    bench.add_argument("--scenarios", default="SingleStream,MultiStream,Server,Offline",
+                       help="comma-separated subset of SingleStream,MultiStream,Server,Offline")
+    bench.add_argument("--duration", type=float, default=5.0, help="minimum seconds per scenario run")
+    bench.add_argument("--latency-bound", type=float, default=50.0, metavar="MS",
+                       help="Server: p99 bound for the QPS search")
+    bench.add_argument("--search-steps", type=int, default=6, help="Server: runs spent searching for peak QPS")
+    bench.add_argument("--samples-per-query", type=int, default=8, help="MultiStream samples per query")
+    bench.add_argument("--max-batch-size", type=int, default=32, help="largest batch per call in-process, or per request with --url")
+    bench.add_argument("--concurrency", type=int, default=8, help="--url: requests in flight")
+    bench.add_argument("--data", help="inputs: a folder of .npy/.npz or file.py:function (default: generated)")
+    bench.add_argument("--threads", type=int, help="intra-op threads in-process (default: the package's)")
+    bench.add_argument("--out", type=Path, help="where LoadGen's logs, bench.json and report.html go "
+                       "(default ./<model>-bench)")
+    bench.add_argument("--json", action="store_true", help="print bench.json on stdout")
+
+    compare = sub.add_parser("compare", help="run the same inputs through two packages or models, per-output "
+                             "differences, and the first layer where ONNX candidates diverge")
+    compare.add_argument("a", help="package folder or model (file.py:factory, .pt, .pt2, .onnx)")
+    compare.add_argument("b", help="package folder or model")
+    compare.add_argument("--data", help="inputs: a folder of .npy/.npz or file.py:function (default: generated)")
+    compare.add_argument("--input", action="append", default=[], metavar="SPEC", help="input spec for a model")
+    compare.add_argument("--samples", type=int, default=64, help="generated samples (without --data)")
+    compare.add_argument("--rtol", type=float, default=1e-3, help="relative L2 error counted as a divergence")
+    compare.add_argument("--json", action="store_true")
+
+    profile = sub.add_parser("profile", help="time per stage, top operators, a Chrome trace and the roofline of "
+                             "a package's artifact")
+    profile.add_argument("package", type=Path)
+    profile.add_argument("--batch-size", type=int, default=1)
+    profile.add_argument("--runs", type=int, default=50)
+    profile.add_argument("--trace", type=Path, help="Chrome trace file to write")
+    profile.add_argument("--threads", type=int)
+    profile.add_argument("--json", action="store_true")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -136,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from inferforge.serve.cli import serve_command
 
             return serve_command(args)
+        if args.command in ("bench", "compare", "profile"):
+            module = importlib.import_module(f"inferforge.{COMMAND_MODULES[args.command]}")
+            return int(getattr(module, f"{args.command}_command")(args))
         from inferforge.demo import run_demo
 
         return run_demo(args.out, args.only)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ def run_optimize(model: str, *, inputs: list[str], data: str | None, options: Se
         print_table(rich_leaderboard(result.search, f"{result.source.name}: validated on {result.dataset.origin}, {len(result.dataset)} samples"))
         if result.package:
             print(f"package: {result.package}")
+            if (result.package / "report.html").is_file():
+                print(f"report: {result.package / 'report.html'}")
         elif result.best is None:
             print("no candidate passed the accuracy budget: nothing was packaged (see the reasons above)")
     return result
@@ -80,3 +83,34 @@ def optimize_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report_json(result.search, result.dataset, result.source.name), indent=2, default=str))
     return 0 if result.best is not None else 3
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """``inferforge bench``: LoadGen's four scenarios, bench.json and a self-contained report.html."""
+    from inferforge.html_report import bench_report_html, write_html
+    from inferforge.loadgen import LoadgenSettings, bench
+
+    for flag in ("duration", "latency_bound", "search_steps", "samples_per_query", "max_batch_size", "concurrency"):
+        if getattr(args, flag) <= 0:
+            raise InferforgeError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    settings = LoadgenSettings(
+        scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()), duration_s=args.duration,
+        latency_bound_ms=args.latency_bound, samples_per_query=args.samples_per_query,
+        max_batch=args.max_batch_size, concurrency=args.concurrency, search_steps=args.search_steps,
+        search_duration_s=min(args.duration, 2.0))
+    label = args.model or (args.package.name.split(".")[0] if args.package else "model")
+    out = args.out or Path(f"{label}-bench")
+    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    document = bench(args.package, url=args.url, model=args.model, data=args.data, settings=settings, out=out,
+                     token=args.token, threads=args.threads, progress=say)
+    report = write_html(bench_report_html(document), out / "report.html")
+    if args.json:
+        print(json.dumps(document, indent=1, default=str))
+        return 0
+    print(f"{document['model']} ({document['artifact']}, {document['target']})")
+    for name, r in document["scenarios"].items():
+        rate = f"{r['qps']:.1f}/s" if r.get("qps") is not None else ""
+        print(f"  {name:12s} {'VALID' if r['valid'] else 'INVALID':8s} p50 {r['p50_ms']:.3f} ms  p90 "
+              f"{r['p90_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  {rate}")
+    print(f"LoadGen logs and bench.json: {out}\nreport: {report}")
+    return 0

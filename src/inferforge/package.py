@@ -102,6 +102,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         (staging / "report.json").write_text(json.dumps(report_json, indent=2, default=str) + "\n")
         (staging / "report.md").write_text(report_md)
+        _write_html_report(staging / "report.html", report_json)
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -131,6 +132,16 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_html_report(path: Path, report_json: Mapping[str, Any]) -> None:
+    """The run's charts and leaderboard as one self-contained page; a package is still written without it."""
+    try:
+        from inferforge.html_report import optimize_report_html
+
+        path.write_text(optimize_report_html(dict(report_json)))
+    except Exception as exc:  # e.g. matplotlib missing: the JSON and Markdown reports carry the same figures
+        warnings.warn(f"report.html not written: {one_line(exc)}", stacklevel=3)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

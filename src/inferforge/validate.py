@@ -140,12 +140,14 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         decided_by = "top-1 agreement"
         agreement = outputs[0].top1_agreement or 0.0
         if agreement < budget.min_top1_agreement:
-            violations.append(f"top-1 agreement {agreement:.4f} < budget {budget.min_top1_agreement}")
+            violations.append(f"top-1 agreement {_below(agreement, budget.min_top1_agreement)} "
+                              f"< budget {budget.min_top1_agreement}")
     else:
         decided_by = "cosine similarity"
         for o in outputs:
             if o.cosine_mean < budget.min_cosine:
-                violations.append(f"output {o.name}: mean cosine {o.cosine_mean:.5f} < budget {budget.min_cosine}")
+                violations.append(f"output {o.name}: mean cosine {_below(o.cosine_mean, budget.min_cosine)} "
+                                  f"< budget {budget.min_cosine}")
     return AccuracyReport(len(dataset), dataset.origin, tuple(outputs), decided_by, accuracy, reference_accuracy,
                           tuple(violations))
 
@@ -184,3 +186,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores.reshape(len(labels), -1).argmax(-1) == labels))
+
+
+def _below(value: float, bound: float) -> str:
+    """``value`` with enough decimals to show it is below ``bound`` (0.999996, not a rounded 1.00000)."""
+    for decimals in range(4, 10):
+        text = f"{value:.{decimals}f}"
+        if float(text) < bound:
+            return text
+    return repr(value)

@@ -1,0 +1,356 @@
+"""MLPerf LoadGen scenarios against a package in-process or a running ``inferforge serve``.
+
+LoadGen (``mlcommons-loadgen``) decides when each query is issued and judges the run,
+exactly as in MLPerf Inference; inferforge only supplies the system under test:
+
+- SingleStream: one sample at a time, the next issued when the last completes (p90 latency).
+- MultiStream: queries of ``samples_per_query`` samples, one after another (p99 per query).
+- Server: Poisson arrivals at a target QPS; a query is late past ``latency_bound_ms``. A search
+  runs it at rising and halving rates to find the highest QPS whose p99 stays under the bound.
+- Offline: every sample at once (peak throughput).
+
+In-process, one worker thread owns the runner (the thread rule of ``serve/instances.py``) and
+takes whatever has queued, up to ``max_batch``, as one batch: dynamic batching, so Server and
+Offline measure what a batching server would do. Against a URL, ``concurrency`` threads each
+send one query per request; the server batches. LoadGen's own logs (``mlperf_log_summary.txt``
+and ``mlperf_log_detail.txt``) are kept per scenario next to our JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferforge.errors import InferforgeError
+from inferforge.remote import RemoteModel, numpy_dtype
+
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+EARLY_STOPPING_QUERIES = {"SingleStream": 64, "MultiStream": 662}
+MAX_KEPT_LATENCIES = 5000
+FINAL_SERVER_TRIES = 3  # per scenario, for the report's distribution chart
+
+Predict = Callable[[Mapping[str, np.ndarray]], Any]  # runs one batch; the result is ignored
+
+
+@dataclass(frozen=True)
+class LoadgenSettings:
+    scenarios: tuple[str, ...] = SCENARIOS
+    duration_s: float = 5.0  # minimum duration of each scenario run
+    latency_bound_ms: float = 50.0  # Server: a query later than this counts against the p99
+    samples_per_query: int = 8  # MultiStream
+    max_batch: int = 32  # in-process dynamic batching limit
+    concurrency: int = 8  # remote: requests in flight
+    search_steps: int = 6  # Server: runs spent looking for the highest valid QPS
+    search_duration_s: float = 2.0
+    samples: int = 256  # distinct samples LoadGen draws from
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    valid: bool
+    samples: int
+    qps: float  # queries per second LoadGen reports (samples/s for Offline)
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    latencies_ms: list[float] = field(default_factory=list)  # as our SUT saw them, issue to completion
+    extra: dict[str, Any] = field(default_factory=dict)
+    log_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in data.items()}
+
+
+class _SystemUnderTest:
+    """Queries in, batches out: a worker pool calls ``predict`` and completes the samples."""
+
+    def __init__(self, predicts: list[Predict], inputs: Mapping[str, np.ndarray], max_batch: int,
+                 batch_queued: bool) -> None:
+        self._inputs = inputs
+        self._max_batch = max_batch
+        self._batch_queued = batch_queued
+        self._queue: queue.Queue[list[Any] | None] = queue.Queue()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.first_issue = float("inf")
+        self.last_done = 0.0
+        self._lock = threading.Lock()
+        self._workers = [threading.Thread(target=self._work, args=(p,), daemon=True) for p in predicts]
+        for worker in self._workers:
+            worker.start()
+
+    def issue(self, query_samples: list[Any]) -> None:
+        now = time.perf_counter()
+        self.first_issue = min(self.first_issue, now)
+        for start in range(0, len(query_samples), self._max_batch):  # Offline issues everything at once
+            self._queue.put([(s, now) for s in query_samples[start:start + self._max_batch]])
+
+    def flush(self) -> None:
+        """LoadGen's flush: nothing is held back, so nothing to do."""
+
+    def stop(self) -> None:
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(timeout=30)
+
+    def _work(self, predict: Predict) -> None:
+        import mlperf_loadgen as lg
+
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            while self._batch_queued and len(item) < self._max_batch:  # dynamic batching: take what waits
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                item += more
+            index = np.array([s.index for s, _ in item])
+            try:
+                predict({k: v[index] for k, v in self._inputs.items()})
+            except Exception as exc:  # completes anyway, so LoadGen does not hang; the run is marked invalid
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            done = time.perf_counter()
+            with self._lock:
+                self.latencies += [(done - issued) * 1e3 for _, issued in item]
+                self.last_done = max(self.last_done, done)
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s, _ in item])
+
+
+def run_scenarios(predicts: list[Predict], inputs: Mapping[str, np.ndarray], settings: LoadgenSettings,
+                  out_dir: Path, batch_queued: bool, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every requested scenario (Server with its QPS search) through LoadGen; results keyed by scenario."""
+    unknown = set(settings.scenarios) - set(SCENARIOS)
+    if unknown:
+        raise InferforgeError(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
+    _import_loadgen()
+    count = len(next(iter(inputs.values())))
+    single_s = _fastest_call(predicts[0], {k: v[:1] for k, v in inputs.items()})  # also the warm-up
+    batch_s = _fastest_call(predicts[0], {k: v[:settings.max_batch] for k, v in inputs.items()})
+    # Offline: LoadGen issues about expected QPS x duration samples, so too low a guess ends the run early.
+    offline_qps = 1.5 * len(predicts) * min(settings.max_batch, count) / batch_s
+    results: dict[str, ScenarioResult] = {}
+    for scenario in settings.scenarios:
+        if scenario == "Server":
+            continue  # after Offline, which tells the search where to start
+        progress(f"LoadGen {scenario}")
+        results[scenario] = _run(scenario, predicts, inputs, count, settings, out_dir / scenario, batch_queued,
+                                 single_s, qps=offline_qps if scenario == "Offline" else None)
+    if "Server" in settings.scenarios:
+        results["Server"] = _server_search(predicts, inputs, count, settings, out_dir, batch_queued, single_s,
+                                           results.get("Offline"), progress)
+    return {name: results[name].to_json() for name in SCENARIOS if name in results}
+
+
+def _server_search(predicts: list[Predict], inputs: Mapping[str, np.ndarray], count: int,
+                   settings: LoadgenSettings, out_dir: Path, batch_queued: bool, single_s: float,
+                   offline: ScenarioResult | None, progress: Callable[[str], None]) -> ScenarioResult:
+    """Highest valid QPS: start from Offline's rate (or 1/latency), halve on failure, bisect after."""
+    quick = replace(settings, duration_s=settings.search_duration_s)
+    qps = 0.8 * (offline.qps if offline else 1.0 / single_s)
+    good: float | None = None
+    bad: float | None = None
+    search = []
+    best: ScenarioResult | None = None
+    for step in range(settings.search_steps):
+        progress(f"LoadGen Server search {step + 1}/{settings.search_steps}: {qps:.1f} QPS")
+        trial = _run("Server", predicts, inputs, count, quick, out_dir / f"Server-search-{step + 1}", batch_queued,
+                     single_s, qps=qps)
+        search.append({"qps": round(qps, 3), "p99_ms": trial.p99_ms, "valid": trial.valid})
+        if trial.valid:
+            good = qps
+        else:
+            bad = qps
+        qps = (good + bad) / 2 if good is not None and bad is not None else (qps * 2 if bad is None else qps / 2)
+    if good is None:  # nothing met the bound: report the lowest rate tried, marked invalid
+        good = min(s["qps"] for s in search)
+    for attempt in range(FINAL_SERVER_TRIES):  # a full-length run can miss where a short one passed: step down
+        progress(f"LoadGen Server at {good:.1f} QPS (final run)")
+        best = _run("Server", predicts, inputs, count, settings, out_dir / "Server", batch_queued, single_s,
+                    qps=good)
+        if best.valid or attempt == FINAL_SERVER_TRIES - 1:
+            break
+        search.append({"qps": round(good, 3), "p99_ms": best.p99_ms, "valid": False})
+        good *= 0.8
+    assert best is not None
+    best.extra.update({"target_qps": round(good, 3), "latency_bound_ms": settings.latency_bound_ms,
+                       "search": search})
+    return best
+
+
+def _fastest_call(predict: Predict, batch: Mapping[str, np.ndarray], calls: int = 5) -> float:
+    """Seconds of the fastest of a few calls: what LoadGen is told to expect (the first calls warm up)."""
+    best = float("inf")
+    for _ in range(calls):
+        started = time.perf_counter()
+        predict(batch)
+        best = min(best, time.perf_counter() - started)
+    return max(1e-5, best)
+
+
+def _run(scenario: str, predicts: list[Predict], inputs: Mapping[str, np.ndarray], count: int,
+         settings: LoadgenSettings, log_dir: Path, batch_queued: bool, single_s: float,
+         qps: float | None) -> ScenarioResult:
+    lg = _import_loadgen()
+    test = lg.TestSettings()
+    test.scenario = getattr(lg.TestScenario, scenario)
+    test.mode = lg.TestMode.PerformanceOnly
+    test.min_duration_ms = int(settings.duration_s * 1000)
+    test.max_duration_ms = int(settings.duration_s * 1000 * 4)
+    # MLPerf's own minimums are for hour-long runs; these are the fewest queries LoadGen's early-stopping
+    # check accepts for the percentile each scenario reports, so a short run can still be VALID.
+    test.min_query_count = EARLY_STOPPING_QUERIES.get(scenario, 1)
+    # Underestimated on purpose: LoadGen pre-generates duration / expected latency queries, and too few
+    # leave the minimum duration unmet.
+    expected_ns = max(1000, int(single_s * 1e9 / 4))
+    test.single_stream_expected_latency_ns = expected_ns
+    test.multi_stream_samples_per_query = settings.samples_per_query
+    test.multi_stream_expected_latency_ns = expected_ns
+    test.offline_expected_qps = max(1.0, qps or 1.0)
+    test.server_target_latency_ns = int(settings.latency_bound_ms * 1e6)
+    test.server_target_qps = max(0.1, qps or 1.0)
+    test.performance_sample_count_override = count
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = lg.LogSettings()
+    log.log_output.outdir = str(log_dir)
+    log.log_output.copy_summary_to_stdout = False
+    log.enable_trace = False
+    sut_impl = _SystemUnderTest(predicts, inputs, settings.max_batch, batch_queued)
+    sut = lg.ConstructSUT(sut_impl.issue, sut_impl.flush)
+    qsl = lg.ConstructQSL(count, count, lambda _: None, lambda _: None)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, test, log)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+        sut_impl.stop()
+    return _result(scenario, log_dir, sut_impl)
+
+
+def _result(scenario: str, log_dir: Path, sut: _SystemUnderTest) -> ScenarioResult:
+    """LoadGen's verdict and figures from its summary; our own per-sample latencies for the charts."""
+    summary = (log_dir / "mlperf_log_summary.txt").read_text()
+
+    def figure(pattern: str) -> float:
+        match = re.search(pattern + r"\s*:\s*([\d.eE+]+)", summary)
+        return float(match.group(1)) if match else float("nan")
+
+    latencies = sorted(sut.latencies)
+    kept = latencies[:: max(1, len(latencies) // MAX_KEPT_LATENCIES)][:MAX_KEPT_LATENCIES]
+    qps = {"Offline": lambda: figure(r"Samples per second"), "Server": lambda: figure(r"Completed samples per second"),
+           "SingleStream": lambda: figure(r"QPS w/o loadgen overhead"),
+           # LoadGen reports no rate for MultiStream (its metric is the per-query p99): samples/s as we saw it
+           "MultiStream": lambda: len(latencies) / max(1e-9, sut.last_done - sut.first_issue)}[scenario]()
+    extra: dict[str, Any] = {}
+    if scenario == "MultiStream":
+        extra["samples_per_query"] = int(figure(r"samples_per_query"))
+    if scenario == "Offline":
+        extra["samples_per_s"] = qps
+    if sut.errors:
+        extra["errors"] = sut.errors[:5]
+    # LoadGen's reasons for its verdict (min duration, min queries, early stopping, latency bound).
+    extra["checks"] = [line.strip() for line in summary.splitlines() if "satisfied" in line or "constraint" in line]
+    valid = "Result is : VALID" in summary and not sut.errors
+    return ScenarioResult(scenario, valid, len(latencies), qps, figure(r"50.00 percentile latency \(ns\)") / 1e6,
+                          figure(r"90.00 percentile latency \(ns\)") / 1e6,
+                          figure(r"99.00 percentile latency \(ns\)") / 1e6, [round(x, 4) for x in kept], extra,
+                          str(log_dir))
+
+
+def _import_loadgen() -> Any:
+    try:
+        import mlperf_loadgen
+    except ImportError as exc:
+        raise InferforgeError("MLPerf LoadGen is not installed: pip install mlcommons-loadgen") from exc
+    return mlperf_loadgen
+
+
+def bench(package: Path | None, *, url: str | None = None, model: str | None = None, data: str | None = None,
+          settings: LoadgenSettings = LoadgenSettings(), out: Path, token: str | None = None,
+          threads: int | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the scenarios on a package in-process, or on ``url`` (the package, if given, supplies the spec).
+    Writes LoadGen's logs and ``bench.json`` under ``out``; returns the JSON document."""
+    from datetime import UTC, datetime
+
+    from inferforge.environment import fingerprint
+    from inferforge.package import read_manifest
+
+    if package is None and url is None:
+        raise InferforgeError("give a package folder, or --url of a running inferforge serve")
+    if url is not None:
+        RemoteModel(url, model or "", token)  # a malformed URL fails before anything else is read
+    manifest = read_manifest(package) if package is not None else None
+    spec = _spec(manifest, url, model, token)
+    inputs = _inputs(spec, data, settings.samples)
+    out.mkdir(parents=True, exist_ok=True)
+    if url is not None:
+        remote = RemoteModel(url, model or (manifest["model"] if manifest else ""), token)
+        predicts: list[Predict] = [remote.predict] * settings.concurrency
+        artifact, target = "as served", url
+        scenarios = run_scenarios(predicts, inputs, settings, out, batch_queued=False, progress=progress)
+    else:
+        from inferforge.package import load
+        from inferforge.serve.instances import ThreadInstance
+
+        assert package is not None and manifest is not None
+        instance = ThreadInstance(lambda: load(package, threads=threads))  # loaded and run on its own thread
+        try:
+            artifact, target = instance.runner.artifact.config.key(), "in-process"
+            scenarios = run_scenarios([lambda batch: instance.submit(dict(batch)).result()], inputs, settings, out,
+                                      batch_queued=True, progress=progress)
+        finally:
+            instance.close()
+    document = {
+        "kind": "bench", "model": model or (manifest["model"] if manifest else ""), "target": target,
+        "artifact": artifact, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": asdict(settings), "environment": fingerprint(), "scenarios": scenarios,
+        "loadgen_logs": {name: str(Path(r["log_dir"]) / "mlperf_log_summary.txt") for name, r in scenarios.items()},
+    }
+    import json
+
+    (out / "bench.json").write_text(json.dumps(document, indent=1, default=str))
+    return document
+
+
+def _spec(manifest: dict[str, Any] | None, url: str | None, model: str | None, token: str | None) -> Any:
+    """The package's spec, or one built from the server's metadata (fixed sizes only, batch first)."""
+    from inferforge.types import ModelSpec, TensorSpec
+
+    if manifest is not None:
+        return ModelSpec.from_json(manifest["spec"])
+    if not model:
+        raise InferforgeError("--url without a package needs --model NAME (the served model to benchmark)")
+    assert url is not None
+    specs = []
+    for item in RemoteModel(url, model, token).metadata():
+        dims = item.shape[1:]
+        if any(d < 0 for d in dims):
+            raise InferforgeError(f"input {item.name!r} has a variable size {list(item.shape)}: give the package "
+                                  "(inferforge bench PACKAGE --url ...) or --data so sizes are known")
+        specs.append(TensorSpec.parse(f"{item.name}:{numpy_dtype(item.datatype).name}[B,"
+                                      f"{','.join(map(str, dims))}]".replace("[B,]", "[B]")))
+    return ModelSpec(tuple(specs), ())
+
+
+def _inputs(spec: Any, data: str | None, samples: int) -> dict[str, np.ndarray]:
+    from inferforge.data import generated_dataset, load_dataset
+
+    dataset = load_dataset(data, spec) if data else generated_dataset(spec, samples)
+    return {k: np.ascontiguousarray(v) for k, v in dataset.inputs.items()}

@@ -1,0 +1,83 @@
+"""inferforge bench: MLPerf LoadGen's four scenarios in-process and against a running server."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from serve_helpers import serving
+
+from inferforge.cli import main
+from inferforge.loadgen import SCENARIOS, LoadgenSettings, bench
+
+# Short runs: enough queries for LoadGen's early-stopping minimums, not figures.
+QUICK = LoadgenSettings(duration_s=0.5, search_steps=2, search_duration_s=0.3, samples=64, max_batch=8,
+                        concurrency=2)
+
+
+def _check_scenarios(document: dict, out: Path, settings: LoadgenSettings = QUICK) -> None:
+    scenarios = document["scenarios"]
+    assert list(scenarios) == list(SCENARIOS)
+    for name, result in scenarios.items():
+        summary = Path(document["loadgen_logs"][name])
+        assert summary.is_file() and f"Scenario : {name}" in summary.read_text()  # LoadGen's own summary kept
+        assert result["samples"] > 0 and result["p50_ms"] > 0 and result["p99_ms"] >= result["p50_ms"], name
+        assert "errors" not in result, result.get("errors")
+    assert scenarios["SingleStream"]["valid"], scenarios["SingleStream"]["checks"]
+    assert scenarios["Offline"]["samples_per_s"] > 0
+    assert scenarios["MultiStream"]["samples_per_query"] == settings.samples_per_query
+    server = scenarios["Server"]
+    assert len(server["search"]) >= QUICK.search_steps and server["latency_bound_ms"] == QUICK.latency_bound_ms
+    assert json.loads((out / "bench.json").read_text())["scenarios"].keys() == scenarios.keys()
+
+
+def test_bench_in_process_runs_the_four_scenarios(mlp_package: Path, tmp_path: Path) -> None:
+    document = bench(mlp_package, settings=QUICK, out=tmp_path, progress=lambda _: None)
+    assert document["target"] == "in-process" and document["artifact"]
+    _check_scenarios(document, tmp_path)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_bench_against_a_running_server(mlp_package: Path, tmp_path: Path, scheme: str) -> None:
+    with serving(mlp_package, grpc_port=0) as server:
+        url = f"{scheme}://127.0.0.1:{server.server.ports[scheme]}"
+        package = mlp_package if scheme == "grpc" else None  # gRPC has no metadata shortcut: the spec comes from it
+        # The served package batches at most 4 rows a request: queries are split to that size.
+        settings = replace(QUICK, max_batch=4, samples_per_query=4)
+        document = bench(package, url=url, model="mlp", settings=settings, out=tmp_path, progress=lambda _: None)
+    assert document["target"] == url
+    _check_scenarios(document, tmp_path, settings)
+
+
+def test_bench_cli_writes_json_and_the_html_report(mlp_package: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    code = main(["bench", str(mlp_package), "--scenarios", "SingleStream,Offline", "--duration", "0.3",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document["scenarios"]) == {"SingleStream", "Offline"}
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "SingleStream" in html
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["bench"], "give a package folder, or --url"),
+    (["bench", "nowhere.inferforge"], "does not exist"),
+    (["bench", "--url", "ftp://x"], "expected http://HOST:PORT or grpc://HOST:PORT"),
+    (["bench", "--url", "http://127.0.0.1:1"], "needs --model NAME"),
+    (["bench", "--url", "http://127.0.0.1:1", "--model", "m"], "cannot reach 127.0.0.1:1"),
+])
+def test_bench_bad_input_is_one_clear_line(args: list[str], fragment: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+
+
+def test_unknown_scenario_is_refused(mlp_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", str(mlp_package), "--scenarios", "Batch", "--out", str(tmp_path)]) == 2
+    assert "unknown scenario(s) ['Batch']" in capsys.readouterr().err
