@@ -211,15 +211,16 @@ class _BuildCache:
 def _build(backend: Backend, config: BuildConfig, source: ModelSource, out_dir: Path, calibration: Dataset | None,
            cache: _BuildCache | None) -> tuple[Artifact, float]:
     """The candidate's artifact and what building it cost: from the cache when this exact build is there."""
-    if cache is not None:
-        hit = cache.cache.get(cache.key(config), config, out_dir)
+    key = cache.key(config) if cache is not None else None
+    if cache is not None and key is not None:
+        hit = cache.cache.get(key, config, out_dir)
         if hit is not None:
             return hit.artifact, hit.build_seconds
     started = time.perf_counter()
     artifact = backend.build(source, config, out_dir, calibration=calibration)
     seconds = time.perf_counter() - started
-    if cache is not None:
-        cache.cache.put(cache.key(config), artifact, seconds)
+    if cache is not None and key is not None:
+        cache.cache.put(key, artifact, seconds)
     return artifact, seconds
 
 
