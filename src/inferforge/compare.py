@@ -186,14 +186,14 @@ def _dataset(data: str | None, spec: ModelSpec, samples: int) -> Dataset:
 def output_diff(name: str, a: np.ndarray, b: np.ndarray, rtol: float = DEFAULT_RTOL,
                 other_name: str | None = None) -> OutputDiff:
     """Difference statistics of one output (samples on axis 0); within tolerance when rel_l2 <= rtol."""
-    from inferforge.validate import _agreement
+    from inferforge.validate import output_agreement
 
     if a.shape != b.shape:
         return OutputDiff(name, tuple(a.shape), math.inf, math.inf, math.inf, 0.0, None, False, other_name,
                           f"shape {list(a.shape)} in A, {list(b.shape)} in B")
     ref, got = a.astype(np.float64), b.astype(np.float64)
     is_scores = np.issubdtype(a.dtype, np.floating) and a.ndim == 2 and a.shape[1] > 1
-    agreement = _agreement(name, ref, got, is_scores, batched=a.ndim > 0)
+    agreement = output_agreement(name, ref, got, is_scores, batched=a.ndim > 0)
     rel_l2 = _rel_l2(float(np.sum((got - ref) ** 2)), float(np.sum(ref ** 2)))
     finite = bool(np.all(np.isfinite(got)) == np.all(np.isfinite(ref)))
     return OutputDiff(name, tuple(a.shape), agreement.max_abs, agreement.mean_abs, rel_l2, agreement.cosine_mean,

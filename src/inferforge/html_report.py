@@ -15,6 +15,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from inferforge.report import accuracy_cell, build_cell
+
 STATUS_COLOURS = {"passed": "#2e7d32", "rejected": "#e65100", "failed": "#c62828", "skipped": "#757575"}
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 REASON_CHARS = 90  # a reason beside a chart is cut here; the table keeps it whole
@@ -149,16 +151,6 @@ def _page(title: str, sections: Iterable[str]) -> str:
 
 # ---- optimize report -------------------------------------------------------------------------------------------
 
-def _score(accuracy: dict[str, Any]) -> float:
-    """The figure the budget was decided on (as ``AccuracyReport.score``), higher is better."""
-    outputs = accuracy.get("outputs") or []
-    if accuracy.get("decided_by") == "accuracy drop" and accuracy.get("accuracy") is not None:
-        return float(accuracy["accuracy"])
-    if accuracy.get("decided_by") == "top-1 agreement" and outputs and outputs[0].get("top1_agreement") is not None:
-        return float(outputs[0]["top1_agreement"])
-    return min((float(o["cosine_mean"]) for o in outputs), default=1.0)
-
-
 def _score_label(decided_by: str) -> str:
     return {"accuracy drop": "accuracy", "top-1 agreement": "top-1 agreement"}.get(decided_by, "mean cosine")
 
@@ -174,14 +166,6 @@ def _threshold(report: dict[str, Any], accuracy: dict[str, Any]) -> float | None
     return budget.get("min_cosine")
 
 
-def _accuracy_cell(accuracy: dict[str, Any] | None) -> str:
-    if not accuracy:
-        return ""
-    if accuracy.get("accuracy") is not None:
-        return f"acc {accuracy['accuracy'] * 100:.2f}% (drop {(accuracy.get('accuracy_drop') or 0.0) * 100:.2f})"
-    return f"{_score_label(accuracy.get('decided_by', ''))} {_score(accuracy):.6f}"
-
-
 def _leaderboard(report: dict[str, Any]) -> str:
     headers = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "best tput /s", "accuracy", "build s",
                "size MB", "reason")
@@ -189,14 +173,13 @@ def _leaderboard(report: dict[str, Any]) -> str:
     for i, c in enumerate(report["candidates"], 1):
         bench = c.get("bench")
         best = max(bench["sweep"], key=lambda s: s["throughput"]) if bench and bench.get("sweep") else None
-        cached = "cache" in (c.get("artifact_details") or {})
-        build = _num(c.get("build_seconds"), 1) + (" (cached)" if cached and c.get("build_seconds") is not None else "")
+        build = build_cell(c.get("build_seconds"), c.get("artifact_details"))
         size = c.get("artifact_bytes")
         cls = c["status"] + (" picked" if c["key"] == report.get("picked") else "")
         rows.append(((str(i), c["key"], c["status"], _num(bench and bench["latency"]["p50_ms"], 3),
                       _num(bench and bench["latency"]["p99_ms"], 3),
                       f"{best['throughput']:.1f} (bs{best['batch_size']})" if best else "",
-                      _accuracy_cell(c.get("accuracy")), build, _num(size / 1e6 if size else None, 2),
+                      accuracy_cell(c.get("accuracy")), build, _num(size / 1e6 if size else None, 2),
                       "picked" if c["key"] == report.get("picked") else c.get("reason", "")), cls))
     return '<section id="leaderboard"><h2>Leaderboard</h2>' + _table(headers, rows, numeric=(0, 3, 4, 5, 7, 8)) \
         + "</section>"
@@ -230,13 +213,13 @@ def _accuracy_chart(report: dict[str, Any]) -> str:
         _no_data(ax, "no candidate has both an accuracy and a latency")
     else:
         score_name = _score_label(measured[0][1]["accuracy"].get("decided_by", ""))
-        passed = [(c["bench"]["latency"]["p50_ms"], _score(c["accuracy"])) for _, c in measured if c["status"] == "passed"]
+        passed = [(c["bench"]["latency"]["p50_ms"], float(c["accuracy"]["score"])) for _, c in measured if c["status"] == "passed"]
         threshold = _threshold(report, measured[0][1]["accuracy"])
         floor = _score_floor([y for _, y in passed] + ([threshold] if threshold is not None else []),
-                             [_score(c["accuracy"]) for _, c in measured])
+                             [float(c["accuracy"]["score"]) for _, c in measured])
         points: dict[str, list[tuple[float, float]]] = {"passed": [], "picked": [], "rejected": []}
         for i, c in measured:
-            x, y = c["bench"]["latency"]["p50_ms"], _score(c["accuracy"])
+            x, y = c["bench"]["latency"]["p50_ms"], float(c["accuracy"]["score"])
             label, kind = f"#{i}", "picked" if c["key"] == report.get("picked") else c["status"]
             if kind == "rejected":
                 rejected_notes.append(f"#{i} {c['key']}: {_short(c.get('reason', ''))}")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.backends.base import Runner, _convert
+from inferforge.backends.base import Runner, convert
 from inferforge.types import ModelSpec, check_inputs
 
 TOP_OPERATORS = 15
@@ -210,7 +210,7 @@ def _staged_call(runner: Runner, inputs: Mapping[str, Any], on_cuda: bool) -> li
         outputs = [o.cpu() if hasattr(o, "cpu") else o for o in outputs]
         runner.synchronize()
         clock.append(time.perf_counter_ns())
-    _ = {s.name: _convert(o, kind) for s, o in zip(runner.spec.outputs, outputs, strict=True)}
+    _ = {s.name: convert(o, kind) for s, o in zip(runner.spec.outputs, outputs, strict=True)}
     clock.append(time.perf_counter_ns())
     return [b - a for a, b in zip(clock, clock[1:], strict=False)]
 

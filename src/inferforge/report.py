@@ -5,33 +5,34 @@ One function lays out the rows; the terminal and Markdown renderings only format
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from inferforge.data import Dataset
 from inferforge.environment import fingerprint
-from inferforge.search import CandidateResult, SearchResult, Status
+from inferforge.search import SearchResult, Status
 
 COLUMNS = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "cv", "best tput /s", "accuracy", "max abs err",
            "build s", "size MB", "load RSS MB", "peak RSS MB", "note")
 
 
-def _accuracy_cell(c: CandidateResult) -> str:
-    acc = c.accuracy
-    if acc is None:
+def accuracy_cell(acc: Mapping[str, Any] | None) -> str:
+    """A candidate's accuracy as the leaderboards show it, from ``AccuracyReport.to_json()``."""
+    if not acc:
         return ""
-    if acc.accuracy is not None:
-        return f"acc {acc.accuracy * 100:.2f}% (drop {(acc.accuracy_drop or 0.0) * 100:.2f})"
-    if acc.decided_by == "top-1 agreement" and acc.top1_agreement is not None:
-        return f"top1 agree {acc.top1_agreement:.4f}"
-    return f"cos {acc.cosine:.6f}"
+    if acc.get("accuracy") is not None:
+        return f"acc {acc['accuracy'] * 100:.2f}% (drop {(acc.get('accuracy_drop') or 0.0) * 100:.2f})"
+    if acc.get("decided_by") == "top-1 agreement" and acc.get("top1_agreement") is not None:
+        return f"top1 agree {acc['top1_agreement']:.4f}"
+    return f"cos {acc['cosine']:.6f}"
 
 
-def _build_cell(c: CandidateResult) -> str:
-    if c.build_seconds is None:
+def build_cell(build_seconds: float | None, details: Mapping[str, Any] | None) -> str:
+    """Build seconds, marked when the artifact came from the cache (the seconds are the original build's)."""
+    if build_seconds is None:
         return ""
-    cached = c.artifact is not None and "cache" in c.artifact.details
-    return f"{c.build_seconds:.1f}" + (" (cached)" if cached else "")
+    return f"{build_seconds:.1f}" + (" (cached)" if "cache" in (details or {}) else "")
 
 
 def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
@@ -57,9 +58,9 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
             f"{b.latency.p50_ms:.2f}" if b else "", f"{b.latency.p99_ms:.2f}" if b else "",
             f"{b.latency.cv:.2f}" if b else "",
             f"{b.best_throughput:.1f} (bs{max(b.sweep, key=lambda s: s.throughput).batch_size})" if b else "",
-            _accuracy_cell(c),
+            accuracy_cell(c.accuracy.to_json() if c.accuracy else None),
             f"{max(o.max_abs for o in c.accuracy.outputs):.1e}" if c.accuracy and c.accuracy.outputs else "",
-            _build_cell(c),
+            build_cell(c.build_seconds, c.artifact.details if c.artifact else None),
             f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
             f"{b.load_rss_mb:.0f}" if b else "",
             f"{b.peak_rss_mb:.0f}" if b else "",

@@ -90,6 +90,7 @@ class AccuracyReport:
         data = asdict(self)
         data["accuracy_drop"] = self.accuracy_drop
         data["passed"] = self.passed
+        data.update(cosine=self.cosine, top1_agreement=self.top1_agreement, score=self.score)  # for JSON readers
         return data
 
 
@@ -125,7 +126,7 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         if not np.all(np.isfinite(got)) and np.all(np.isfinite(ref)):
             violations.append(f"output {out.name} has NaN or Inf where the reference is finite")
         is_scores = task is Task.CLASSIFY and out is spec.outputs[0]
-        outputs.append(_agreement(out.name, ref, got, is_scores, out.batch_axis == 0))
+        outputs.append(output_agreement(out.name, ref, got, is_scores, out.batch_axis == 0))
     accuracy = reference_accuracy = None
     if task is Task.CLASSIFY and dataset.labels is not None and outputs:
         first = spec.outputs[0].name
@@ -152,7 +153,7 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
                           tuple(violations))
 
 
-def _agreement(name: str, ref: np.ndarray, got: np.ndarray, is_scores: bool, batched: bool) -> OutputAgreement:
+def output_agreement(name: str, ref: np.ndarray, got: np.ndarray, is_scores: bool, batched: bool) -> OutputAgreement:
     diff = np.abs(got - ref)
     # Relative error against the output's own scale: elementwise |ref| near 0 would make it meaningless.
     scale = np.abs(ref) + 1e-3 * max(float(np.abs(ref).max(initial=0.0)), 1e-12)

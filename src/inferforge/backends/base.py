@@ -109,18 +109,18 @@ class Runner(ABC):
         check_inputs(self.spec.inputs, inputs)
         as_torch = any(type(v).__module__.startswith("torch") for v in inputs.values())
         outputs = self.run_native(self.to_native(inputs))
-        return {s.name: _convert(o, "torch" if as_torch else "numpy") for s, o in zip(self.spec.outputs, outputs, strict=True)}
+        return {s.name: convert(o, "torch" if as_torch else "numpy") for s, o in zip(self.spec.outputs, outputs, strict=True)}
 
     def to_native(self, inputs: Mapping[str, Any]) -> list[Any]:
         """Inputs in spec order, in this runner's native kind and the spec's dtypes."""
-        return [_convert(inputs[s.name], self.native, s.dtype) for s in self.spec.inputs]
+        return [convert(inputs[s.name], self.native, s.dtype) for s in self.spec.inputs]
 
     @abstractmethod
     def run_native(self, args: list[Any]) -> list[Any]:
         """Run on native inputs in spec order; return outputs in spec order."""
 
 
-def _convert(value: Any, kind: str, dtype: str | None = None) -> Any:
+def convert(value: Any, kind: str, dtype: str | None = None) -> Any:
     if kind == "numpy" and isinstance(value, np.ndarray):  # numpy in, numpy runner: torch is never imported
         return value.astype(numpy_dtype(dtype), copy=False) if dtype else value
     import torch
