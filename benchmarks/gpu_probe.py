@@ -5,6 +5,8 @@
     python3 benchmarks/gpu_probe.py quant      # torchao INT8 dynamic / weight-only / FP8 rowwise on BERT-base
     python3 benchmarks/gpu_probe.py aoti       # AOTInductor CUDA package: build, then load in a fresh process
     python3 benchmarks/gpu_probe.py autotune   # torch.compile max-autotune at batch 1
+    python3 benchmarks/gpu_probe.py candidates # named inferforge candidates, built and loaded by their backends
+    python3 benchmarks/gpu_probe.py aoti_small # AOTInductor CUDA on a small MLP: which build/load ways crash
 
 Run from the repository root with ``PYTHONPATH=src:benchmarks``; results go to ``$OUT/probe-<section>.json``.
 Models and timing are gpu_suite.py's. Scratch-quality on purpose: it is for measuring, not for users.
@@ -297,6 +299,164 @@ def section_autotune():
     log(f"autotune/{name}/bs1", {"compile_s": round(comp, 1), "ms": round(ms, 4)})
 
 
+# model:backend:precision:option=value,... ; the candidates the backends offer on CUDA beyond the suite's default
+CANDIDATES = os.environ.get("CANDIDATES", ";".join([
+    "bert-base:inductor:fp16:cuda_graphs=1",
+    "bert-base:torchao:int8:scheme=int8-dynamic",
+    "bert-base:torchao:fp8:scheme=fp8-rowwise",
+    "bert-base:inductor:fp16:cuda_graphs=1,mode=max-autotune-no-cudagraphs",
+    "resnet50:inductor:fp16:cuda_graphs=1",
+    "resnet50:inductor:bf16:cuda_graphs=1",
+    "resnet50:torchao:fp8:scheme=fp8-rowwise",
+])).split(";")
+
+
+def section_candidates():
+    """Each candidate in its own process (a slow compile is cut by CTIMEOUT). All compile and warm up in
+    parallel; once every one is warm (or gone), they measure one at a time under a file lock, so no
+    compile or autotuning runs on the GPU while one is measured."""
+    folder = Path(tempfile.mkdtemp())
+    procs = {}
+    for i, spec in enumerate(CANDIDATES):
+        procs[spec] = subprocess.Popen([sys.executable, __file__, "one_candidate", spec, str(folder), str(i)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + int(os.environ.get("CTIMEOUT", "400"))
+    for spec, p in procs.items():
+        try:
+            out, _ = p.communicate(timeout=max(1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out = "timeout: " + (p.communicate()[0] or "")[-500:]
+        (folder / f"gone-{list(procs).index(spec)}").touch()
+        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        log(f"candidates/{spec}", json.loads(lines[-1][7:]) if lines else out[-1500:])
+
+
+def _wait_for_all_warm(folder, count, limit=400):
+    ends = time.time() + limit
+    while time.time() < ends:
+        done = {p.name.split("-")[1] for p in folder.glob("warm-*")} | {p.name.split("-")[1] for p in folder.glob("gone-*")}
+        if len(done) >= count:
+            return
+        time.sleep(0.5)
+
+
+def section_one_candidate():
+    import fcntl
+
+    from inferforge.backends import get_backend
+    from inferforge.backends.base import BuildConfig
+    from inferforge.source import load_source
+    from inferforge.types import Precision
+
+    spec, folder, index = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    lock = folder / "gpu.lock"
+    name, backend_name, precision, opts = spec.split(":")
+    backend = get_backend(backend_name)
+    values = dict(kv.split("=") for kv in opts.split(",") if kv)
+    values = {k: (v == "1") if k == "cuda_graphs" else v for k, v in values.items()}
+    config = BuildConfig(backend_name, Precision(precision), "cuda", backend.options_type(**values))
+    model, specs, make, task = workload(name)
+    source = load_source(model, inputs=specs)
+    res = {"key": config.key(), "unavailable": backend.unavailable_reason(config, source)}
+    out_dir = Path(tempfile.mkdtemp())
+    try:
+        t = time.perf_counter()
+        artifact = backend.build(source, config, out_dir)
+        res["build_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        runner = backend.load(artifact, source.spec, threads=4)
+        for bs in (1, 256):  # compiles and captures outside the lock
+            runner.run_native(runner.to_native(make(bs, 2)))
+        torch.cuda.synchronize()
+        res["load_and_warm_s"] = round(time.perf_counter() - t, 1)
+    except Exception:
+        (folder / f"warm-{index}").touch()  # the others need not wait for this one
+        res["error"] = traceback.format_exc()[-1200:]
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+    names = [s.name for s in source.spec.inputs]
+    ev = make(64, 1)
+    (folder / f"warm-{index}").touch()
+    _wait_for_all_warm(folder, len(CANDIDATES))
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        for bs in (1, 256):
+            args = runner.to_native(make(bs, 2))
+            ms = gpu_time(lambda: runner.run_native(args), 200 if bs == 1 else 20)
+            res[f"bs{bs}_ms"] = round(ms, 4)
+        res["bs256_per_s"] = round(256000 / res["bs256_ms"])
+        got = np.concatenate([runner({k: v[i:i + 16] for k, v in ev.items()})[runner.spec.outputs[0].name]
+                              for i in range(0, 64, 16)])
+        del runner
+        torch.cuda.empty_cache()
+        fp32 = model.cuda().eval()
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with torch.inference_mode():
+            ref = torch.cat([fp32(*[torch.from_numpy(ev[k][i:i + 16]).cuda() for k in names]).float()
+                             for i in range(0, 64, 16)]).cpu()
+    got_t = torch.from_numpy(got).float()
+    res["cosine"] = round(cosine(got_t, ref), 5)
+    if task == "classify":
+        res["top1_agreement"] = float((got_t.argmax(1) == ref.argmax(1)).float().mean())
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def section_aoti_small():
+    """A 3-layer MLP (seconds to build): build in this process, then load here and in fresh processes,
+    with the ways torch offers (plain, embedded kernel binaries, single-threaded runner)."""
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    tmp = Path(tempfile.mkdtemp())
+    m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).cuda().half()
+    x = torch.randn(4, 64, device="cuda", dtype=torch.half)
+    ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    variants = {"plain": None, "embed": {"aot_inductor.embed_kernel_binary": True}}
+    paths = {}
+    for variant, cfg in variants.items():
+        try:
+            t = time.perf_counter()
+            path = tmp / f"{variant}.pt2"
+            aoti_compile_and_package(ep, package_path=str(path), inductor_configs=cfg)
+            paths[variant] = path
+            log(f"aoti_small/{variant}/build_s", round(time.perf_counter() - t, 1))
+        except Exception:
+            log(f"aoti_small/{variant}/build_error", traceback.format_exc()[-1200:])
+    torch.save(x.cpu(), tmp / "x.pt")
+    with torch.inference_mode():
+        torch.save(m(x).cpu(), tmp / "want.pt")
+    for variant, path in paths.items():
+        for how in ("default", "single_threaded"):
+            code = f"""
+import faulthandler, time, torch; faulthandler.enable()
+torch.cuda.init(); torch.zeros(1, device="cuda")
+from torch._inductor import aoti_load_package
+t = time.perf_counter()
+r = aoti_load_package({str(path)!r}{", run_single_threaded=True" if how == "single_threaded" else ""})
+print("loaded", round(time.perf_counter() - t, 2), flush=True)
+x = torch.load({str(tmp / "x.pt")!r}).cuda()
+with torch.inference_mode(): out = r(x)
+out = out[0] if isinstance(out, (list, tuple)) else out
+print("max_abs", float((out.cpu().float() - torch.load({str(tmp / "want.pt")!r}).float()).abs().max()), flush=True)
+"""
+            try:
+                p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+                log(f"aoti_small/{variant}/{how}/fresh",
+                    {"rc": p.returncode, "stdout": p.stdout[-400:], "stderr": p.stderr[-1500:]})
+            except subprocess.TimeoutExpired:
+                log(f"aoti_small/{variant}/{how}/fresh", "timeout")
+    try:
+        r = aoti_load_package(str(paths["plain"]))
+        with torch.inference_mode():
+            out = r(x)
+        log("aoti_small/plain/same_process", "ran " + str(tuple(out[0].shape if isinstance(out, list) else out.shape)))
+    except Exception:
+        log("aoti_small/plain/same_process_error", traceback.format_exc()[-1200:])
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
-    globals()["section_" + sys.argv[1]]()
+    if sys.argv[1] == "one_candidate":
+        section_one_candidate()
+    else:
+        globals()["section_" + sys.argv[1]]()

@@ -11,7 +11,7 @@ Peers: eager FP32 (TF32 off), eager FP16 (weights cast; channels_last for ResNet
 ``torch.compile`` default mode on the FP16 model. inferforge: ``optimize(..., device="cuda")``
 over the given backends and precisions (default: eager and inductor with CUDA graphs, FP16;
 torchao FP8 on request), its pick loaded back from the package. AOTInductor on CUDA is left
-out: its packages crashed on load here (see backends/aoti.py). About 2.5 minutes on an H100.
+out: its packages crashed on load here (see backends/aoti.py). About 4.5 minutes on an H100.
 
 TensorRT cannot be installed on the lent GPU machine, so its line is a published figure
 (``TENSORRT_REFERENCE``), with its source, setup and what makes it not like-for-like.
@@ -241,8 +241,9 @@ def render(rows: list[Row], command: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet50,bert-base,minilm-shape")
-    # torchao FP8 is opt-in (--backends eager,inductor,torchao --precisions fp16,fp8): on these models it
-    # measured slower than FP16 with CUDA graphs, and its compiles push the suite past 9 minutes.
+    # torchao FP8/INT8 are opt-in here (--backends eager,inductor,torchao --precisions fp16,fp8,int8): they
+    # measured slower than FP16 with CUDA graphs (gpu_probe.py candidates), and their compiles (about 150 s
+    # each) would push the suite past 9 minutes.
     parser.add_argument("--backends", default="eager,inductor")
     parser.add_argument("--precisions", default="fp16")
     parser.add_argument("--out", type=Path, default=Path("."))

@@ -169,6 +169,13 @@ def make_wide_mlp() -> tuple[nn.Module, tuple]:
     return WideMLP().eval(), (torch.randn(2, 64),)
 
 
+def make_token_mlp() -> tuple[nn.Module, tuple]:
+    """WideMLP over 32 tokens per sample: the linear layers see batch x 32 rows, as in a transformer
+    (torch._int_mm, behind dynamic INT8 on CUDA, takes only more than 16 rows)."""
+    torch.manual_seed(0)
+    return WideMLP().eval(), (torch.randn(2, 32, 64),)
+
+
 def make_one_fragile_layer() -> tuple[nn.Module, tuple]:
     torch.manual_seed(0)
     return OneFragileLayer().eval(), (torch.randn(2, 16),)

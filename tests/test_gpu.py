@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 
 # ||out - ref|| / ||ref|| against the FP32 CPU module: what each precision's rounding allows.
 TOLERANCE = {Precision.FP32: 1e-5, Precision.TF32: 5e-3, Precision.FP16: 5e-3, Precision.BF16: 3e-2,
-             Precision.FP8: 1e-1}
+             Precision.FP8: 1e-1, Precision.INT8: 1e-1}
 
 
 def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -76,13 +76,15 @@ def test_inductor_cuda_graphs_pad_to_buckets(tmp_path: Path) -> None:
     assert torch.equal(first, kept)
 
 
-def test_torchao_fp8_linear_layers(tmp_path: Path) -> None:
-    from inferforge.backends.torchao_cuda import TorchaoOptions
+@pytest.mark.parametrize("scheme", ["fp8-rowwise", "int8-dynamic", "int8-weight-only"])
+def test_torchao_linear_layers(scheme: str, tmp_path: Path) -> None:
+    from inferforge.backends.torchao_cuda import SCHEMES, TorchaoOptions
 
-    config = BuildConfig("torchao", Precision.FP8, "cuda", TorchaoOptions())
-    runner, _ = _check("torchao", config, "models:make_wide_mlp", tmp_path, batches=(1, 3, 16))
-    assert runner.artifact.details["fp8_linear_layers"] == 3
-    assert runner.artifact.requires["cuda_capability"] == ">=8.9"
+    config = BuildConfig("torchao", SCHEMES[scheme], "cuda", TorchaoOptions(scheme))
+    runner, _ = _check("torchao", config, "models:make_token_mlp", tmp_path, batches=(1, 3, 16))
+    # int8-dynamic leaves the 256->10 layer in BF16: torch._int_mm takes only multiples of 8
+    assert runner.artifact.details["quantized_linear_layers"] == (2 if scheme == "int8-dynamic" else 3)
+    assert runner.artifact.requires["cuda_capability"] == (">=8.9" if scheme.startswith("fp8") else ">=8.0")
 
 
 def test_aoti_cuda_says_why_it_is_not_built() -> None:

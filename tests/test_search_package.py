@@ -178,3 +178,19 @@ def test_cuda_target_without_a_gpu_skips_gpu_candidates_and_packages_cpu_ones(tm
     assert ort_gpu.status is Status.SKIPPED and "no CUDA provider" in ort_gpu.reason
     assert result.best is not None and result.best.config.device == "cpu"
     assert inferforge.load(out).device == "cpu"
+
+
+def test_slow_candidates_only_with_thorough() -> None:
+    """max-autotune and INT8 weight-only take minutes to build: proposed for CUDA only when asked."""
+    from inferforge.search import SearchOptions, candidate_configs
+
+    def keys(thorough: bool) -> set[str]:
+        options = SearchOptions(device="cuda", backends=("inductor", "torchao"), cpu_fallback=False,
+                                thorough=thorough)
+        return {config.key() for _, config in candidate_configs(options)}
+
+    slow = {"inductor-fp16-cuda-graphs-mode-max-autotune-no-cudagraphs-cuda",
+            "torchao-int8-scheme-int8-weight-only-cuda"}
+    assert not slow & keys(False)
+    assert slow <= keys(True)
+    assert {"inductor-fp16-cuda-graphs-cuda", "torchao-fp8-cuda", "torchao-int8-scheme-int8-dynamic-cuda"} <= keys(False)

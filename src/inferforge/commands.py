@@ -42,6 +42,7 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
         calibration_samples=args.calibration_samples,
         device=args.target,
         precisions=tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (),
+        thorough=args.thorough,
         **extra,
     )
 

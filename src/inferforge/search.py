@@ -67,6 +67,7 @@ class SearchOptions:
     cpu_fallback: bool = True  # with a GPU device: also build CPU candidates, so the package runs anywhere
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # built artifacts reused (cache.py); None: off
     time_budget_s: float | None = None  # no candidate starts after this many seconds of search; None: no cap
+    thorough: bool = False  # also the candidates that take minutes to build (Backend.thorough_configs)
 
 
 @dataclass
@@ -125,7 +126,9 @@ def candidate_configs(options: SearchOptions) -> list[tuple[Backend, BuildConfig
     pairs = []
     for name in names:
         backend = get_backend(name)
-        pairs += [(backend, config) for config in backend.configs(options.device)
+        configs = backend.configs(options.device) + (backend.thorough_configs(options.device) if options.thorough
+                                                     else [])
+        pairs += [(backend, config) for config in configs
                   if not options.precisions or config.precision.value in options.precisions]
     if options.device != "cpu" and options.cpu_fallback:  # a GPU package keeps a CPU fallback
         pairs += [(get_backend(name), BuildConfig(name, Precision.FP32, "cpu", get_backend(name).options_type()))

@@ -35,10 +35,11 @@ class AotInductorBackend(TorchBackend):
     refusals = {SourceKind.TORCHSCRIPT: "AOTInductor compiles torch.export programs, not TorchScript"}
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        if config.device == "cuda":  # benchmarks/gpu_probe.py aoti, lent H100, torch 2.11.0+cu130, 2026-11-23
-            return ("AOTInductor CUDA packages crash the process that loads them (segfault in torch's _load_aoti, "
-                    "torch 2.11.0+cu130 on an H100, also for a plain export of an FP16 encoder and with CUDA "
-                    "initialised first; cf. pytorch/pytorch#166415); not built until a torch release fixes it")
+        if config.device == "cuda":  # benchmarks/gpu_probe.py aoti and aoti_small, lent H100, 2026-11-23
+            return ("AOTInductor CUDA packages crash the process that loads them: segfault in torch's _load_aoti "
+                    "(torch 2.11.0+cu130 on an H100), for an FP16 encoder and for a 3-layer MLP alike, with kernel "
+                    "binaries embedded or not, single-threaded runner or not, CUDA initialised first; cf. "
+                    "pytorch/pytorch#166415. Not built until a torch release fixes it")
         return super().unavailable_reason(config, source)
 
     def configs(self, device: str) -> list[BuildConfig]:

@@ -151,6 +151,11 @@ class Backend(ABC):
         """The candidates this backend proposes for a device (available or not: the search asks)."""
         return [BuildConfig(self.name, Precision.FP32, device, self.options_type())]
 
+    def thorough_configs(self, device: str) -> list[BuildConfig]:
+        """Candidates that take minutes to build and measured no faster on the models tried, proposed only
+        with ``--thorough``: a default search should not cost a user minutes for them."""
+        return []
+
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
         """None when the config can be built here, else a sentence saying why not."""
         if source.kind not in self.accepts:

@@ -28,7 +28,7 @@ from inferforge.types import ModelSpec, Precision
 
 # The lowest compute capability each precision runs at natively on an NVIDIA GPU.
 CUDA_MIN_CAPABILITY = {Precision.FP32: "5.0", Precision.FP16: "7.0", Precision.TF32: "8.0", Precision.BF16: "8.0",
-                       Precision.FP8: "8.9"}
+                       Precision.FP8: "8.9", Precision.INT8: "8.0"}
 
 
 def set_torch_threads(threads: int) -> None:
@@ -47,11 +47,13 @@ def cast_module(module: Any, precision: Precision) -> Any:
     return module
 
 
-def compute_dtype(precision: Precision) -> Any:
-    """The dtype float inputs are cast to before the call (None: keep float32). FP8 models take BF16:
-    only their linear layers compute in FP8."""
+def compute_dtype(precision: Precision, device: str = "cpu") -> Any:
+    """The dtype float inputs are cast to before the call (None: keep float32). FP8 models, and INT8
+    models on a GPU (torchao), take BF16: only their linear layers compute in 8 bits."""
     import torch
 
+    if precision is Precision.INT8:
+        return torch.bfloat16 if device == "cuda" else None
     return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16, Precision.FP8: torch.bfloat16}.get(
         precision)
 
@@ -126,7 +128,7 @@ def export_placed(source: ModelSource, config: BuildConfig) -> Any:
     from inferforge.source import export_dynamic_shapes
 
     program = source.exported_program()
-    dtype = compute_dtype(config.precision)
+    dtype = compute_dtype(config.precision, config.device)
     if config.device == "cpu" and dtype is None:
         return program
     module = cast_module(_moved(program, config.device).module(), config.precision)
@@ -184,7 +186,7 @@ class TorchRunner(Runner):
         import torch
 
         self._fn = fn
-        self._compute_dtype = compute_dtype(artifact.config.precision)
+        self._compute_dtype = compute_dtype(artifact.config.precision, artifact.config.device)
         self._clone = clone_outputs
         self._channels_last = wants_channels_last(spec, self.device) if channels_last is None else channels_last
         self._torch = torch
