@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch and torchvision first, pinned: these exact releases are on the machines' disks.
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[serve,demo,dev]'
+	$(BIN)/python -m pip install -q -e '.[serve,demo,dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

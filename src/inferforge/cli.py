@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--precisions", help="comma-separated subset of fp32,tf32,bf16,fp16,fp8,int8 (default: all)")
     opt.add_argument("--time-budget", type=float, metavar="SECONDS",
                      help="start no candidate after this many seconds; the leaderboard lists what was skipped")
+    opt.add_argument("--thorough", action="store_true", help="also build candidates that take minutes to compile "
+                     "and measured no faster so far (torch.compile max-autotune, torchao INT8 weight-only)")
     opt.add_argument("--cache-dir", type=Path, help="reuse builds from here (default $INFERFORGE_CACHE or "
                      "~/.cache/inferforge/artifacts)")
     opt.add_argument("--no-cache", action="store_true", help="build every candidate afresh and store nothing")
@@ -89,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="let served clients send sentences or photos: text:tokenizer=PATH[,max_length=N][,input=NAME] "
                      "or image:target=INPUT[,input=NAME],resize=N|HxW,crop=N|HxW,color=rgb|bgr|gray,scale=X,"
                      "mean=A/B/C,std=A/B/C,layout=NCHW|NHWC")
+
+    export = sub.add_parser("export", help="the package's model as one file for a runtime without Python "
+                            "(LibTorch, ONNX Runtime C++), with its input/output spec and a sample")
+    export.add_argument("package", type=Path)
+    export.add_argument("--format", required=True, choices=["torchscript", "aoti", "onnx"])
+    export.add_argument("--out", required=True, type=Path, help="folder to create")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
     info = sub.add_parser("info", help="show a package's manifest: chosen artifact, fallbacks, figures")
     info.add_argument("package", type=Path)
@@ -126,9 +135,24 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--instance-kind", choices=["thread", "process"], help="default thread")
     serve.add_argument("--threads", type=int, help="intra-op threads per instance (default: usable cores)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    ray = serve.add_argument_group("Ray Serve (scale out; HTTP only)")
+    ray.add_argument("--ray", action="store_true", help="deploy each model on Ray Serve (a running cluster, or a "
+                     "local one) behind the same Open Inference Protocol HTTP API, on --host/--http-port")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas per model")
+    ray.add_argument("--autoscale", type=_int_list, metavar="MIN,MAX", help="autoscale between MIN and MAX replicas")
+    ray.add_argument("--target-ongoing-requests", type=float, default=8.0,
+                     help="with --autoscale: requests in flight per replica that autoscaling aims at")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0)
+    ray.add_argument("--ray-address", help="cluster to join, e.g. auto or ray://HOST:10001 (default: RAY_ADDRESS, "
+                     "a cluster started here with `ray start`, else a new local one)")
+    ray.add_argument("--ray-batching", choices=["inferforge", "ray"], default="inferforge",
+                     help="inferforge's batcher in each replica (counts samples), or Ray Serve's @serve.batch")
+    ray.add_argument("--package-transfer", choices=["object-store", "shared"], default="object-store",
+                     help="how replicas get the package: Ray's object store, or the path itself on shared storage")
 
 
-COMMAND_MODULES = {"bench": "commands", "compare": "compare", "profile": "profile"}  # imported when run
+COMMAND_MODULES = {"bench": "commands", "compare": "compare", "profile": "profile", "export": "export"}  # imported when run
 
 
 def _add_measure_parsers(sub: Any) -> None:
@@ -184,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from inferforge.serve.cli import serve_command
 
             return serve_command(args)
-        if args.command in ("bench", "compare", "profile"):
+        if args.command in COMMAND_MODULES:
             module = importlib.import_module(f"inferforge.{COMMAND_MODULES[args.command]}")
             return int(getattr(module, f"{args.command}_command")(args))
         from inferforge.demo import run_demo

@@ -103,7 +103,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
         (staging / "report.json").write_text(json.dumps(report_json, indent=2, default=str) + "\n")
         (staging / "report.md").write_text(report_md)
         _write_html_report(staging / "report.html", report_json)
-        _swap_into_place(staging, out)
+        swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -123,7 +123,8 @@ def _write_serve_files(staging: Path, adapter: AdapterSpec) -> dict[str, Any]:
     return {"path": SERVE_DIR, "sha256": checksums, "adapter": adapter.to_json()}
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Put a finished folder where ``out`` is, replacing what was there only once the new one is complete."""
     if not out.exists():
         staging.rename(out)
         return

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from inferforge.errors import InferforgeError
 from inferforge.serve.auth import Auth
 from inferforge.serve.model import ModelOptions
 from inferforge.serve.server import ServerConfig, configure_logging, run
+
+if TYPE_CHECKING:
+    from inferforge.serve.ray_serve import RayServeConfig
 
 BATCHING_FLAGS = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size", "instances",
                   "instance_kind")
@@ -39,5 +43,28 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def serve_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_logging(getattr(logging, args.log_level.upper()))
+    if args.ray:
+        from inferforge.serve.ray_serve import serve_forever
+
+        serve_forever(ray_config_from_args(args, config))
+        return 0
     run(config)
     return 0
+
+
+def ray_config_from_args(args: argparse.Namespace, server: ServerConfig) -> RayServeConfig:
+    """The Ray Serve deployment of what ``server`` would serve: the newest version of each model."""
+    from inferforge.serve.ray_serve import RayScaling, RayServeConfig
+    from inferforge.serve.repository import scan
+
+    autoscale = None
+    if args.autoscale is not None:
+        if len(args.autoscale) != 2:
+            raise InferforgeError(f"--autoscale takes MIN,MAX, got {args.autoscale}")
+        autoscale = (args.autoscale[0], args.autoscale[1])
+    packages = {name: versions[max(versions, key=int)] for name, versions in scan(server.root).items()}
+    scaling = RayScaling(replicas=args.replicas, autoscale=autoscale, target_ongoing_requests=args.target_ongoing_requests,
+                         cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+    return RayServeConfig(packages=packages, host=server.host, port=server.http_port or 8000, scaling=scaling,
+                          transfer=args.package_transfer, auth=server.auth, model_options=server.models,
+                          address=args.ray_address, batching=args.ray_batching)

@@ -94,6 +94,7 @@ class InferResponse:
     model_version: str
     outputs: dict[str, np.ndarray]
     id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)  # e.g. which replica answered (Ray Serve)
 
 
 # ---- decoding -------------------------------------------------------------------------------------------------
@@ -303,8 +304,10 @@ def encode_http_response(request: InferRequest, response: InferResponse) -> tupl
         else:
             entry["data"] = array.reshape(-1).tolist()
         tensors.append(entry)
-    document = {"model_name": response.model_name, "model_version": response.model_version,
-                "id": response.id, "outputs": tensors}
+    document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version,
+                                "id": response.id, "outputs": tensors}
+    if response.parameters:
+        document["parameters"] = response.parameters
     head = json.dumps(document, separators=(",", ":")).encode()
     if not tail:
         return head, None

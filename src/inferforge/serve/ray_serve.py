@@ -1,0 +1,402 @@
+"""Scale out on Ray Serve: each model a deployment whose replicas run inferforge's served model.
+
+Layout on the cluster (one Serve application per model, plus one for the server-wide endpoints):
+
+- ``inferforge-<model>`` at route prefix ``/v2/models/<model>``: replicas of ``ModelReplica``. Each
+  replica opens the package with ``ServedModel.open`` (the same loading, checksum verification,
+  warm-up, dynamic batcher and input adapter as ``inferforge serve``) and answers the model's Open
+  Inference Protocol HTTP endpoints itself. Ray Serve's proxy routes a request straight to a replica
+  of the right model: no ingress deployment in between, so there is one hop, not two (the proxy hops
+  of Ray Serve #46693).
+- ``inferforge`` at ``/v2``: the server metadata and health endpoints, and a 404 naming the served
+  models for any other model path.
+
+Batching (``batching``): "inferforge" runs inferforge's batcher inside each replica (it counts samples,
+not requests, pads to the artifact's static batch sizes and bounds its queue with a 503); "ray" uses
+Ray Serve's ``@serve.batch`` instead, which counts calls (a client batch of 32 weighs the same as one
+of 1) and merges only requests of one shape. benchmarks/ray_scaling.py measures both; docs/scaling.md
+has the figures. ``max_ongoing_requests`` is set high enough that the proxy lets a replica's queue fill
+batches.
+
+Packages reach replicas from a shared path (every node sees the same folder) or through Ray's object
+store (the driver puts the package's bytes in once; each replica unpacks them into its own temporary
+folder). Either way a replica verifies every file's checksum before it serves. Metrics: Ray's own
+Serve metrics plus inferforge's request, latency and batch-size metrics, exported by each node's
+Ray metrics agent (``ray start --metrics-export-port``) in Prometheus format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import signal
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from inferforge.errors import InferforgeError, ProtocolError, one_line
+from inferforge.serve.auth import Auth
+from inferforge.serve.batcher import shape_signature
+from inferforge.serve.model import ModelOptions, ServedModel
+from inferforge.serve.protocol import (
+    HEADER_LENGTH,
+    InferResponse,
+    check_request,
+    decode_http_request,
+    encode_http_response,
+    parse_json_body,
+    server_metadata_json,
+)
+
+MODEL_APP_PREFIX = "inferforge-"
+SERVER_APP = "inferforge"
+TRANSFERS = ("object-store", "shared")
+BATCHERS = ("inferforge", "ray")
+
+
+@dataclass(frozen=True)
+class RayScaling:
+    """How many replicas each model gets, and what each one reserves on the cluster."""
+
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas; replaces ``replicas``
+    target_ongoing_requests: float = 8.0  # autoscaling aims at this many requests in flight per replica
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_ongoing_requests: int = 256  # the proxy sends no more to one replica; its own queue bounds the rest
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 60.0
+
+    def deployment_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_replica},
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+        if self.autoscale is None:
+            options["num_replicas"] = self.replicas
+        else:
+            low, high = self.autoscale
+            options["autoscaling_config"] = {
+                "min_replicas": low, "max_replicas": high, "initial_replicas": low,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
+                "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
+            }
+        return options
+
+
+@dataclass(frozen=True)
+class RayServeConfig:
+    packages: Mapping[str, Path]  # model name -> package folder
+    host: str = "127.0.0.1"
+    port: int = 8000
+    scaling: RayScaling = RayScaling()
+    transfer: str = "object-store"  # or "shared": replicas read the package folder itself
+    auth: Auth = Auth()
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+    address: str | None = None  # a running cluster ("auto", "ray://host:10001"); None: RAY_ADDRESS or a local one
+    metrics_export_port: int | None = None  # a local cluster's Prometheus port (a running one has its own)
+    batching: str = "inferforge"  # or "ray": Ray Serve's @serve.batch (see the module docstring)
+
+
+class ModelReplica:
+    """One replica: the package unpacked (or found on the shared path), verified, opened and warmed."""
+
+    def __init__(self, name: str, package: Any, auth: Auth, options: ModelOptions, batching: str = "inferforge") -> None:
+        folder = _materialize(package)
+        _verify_every_artifact(folder)
+        self.name = name
+        self.auth = auth
+        self.model = ServedModel.open(name, "1", folder, options)
+        self.model.on_batch = self._on_batch
+        self.ray_batching = batching == "ray"
+        if self.ray_batching:
+            if self.model.adapter is not None:
+                raise InferforgeError("Ray Serve's batching takes tensors only: this package has an input adapter; "
+                                      "use inferforge's batching")
+            self._ray_batch.set_max_batch_size(self.model.batching.max_batch_size)  # type: ignore[attr-defined]
+        context = serve.get_replica_context()
+        replica_id = getattr(context, "replica_id", None)
+        self.replica = str(getattr(replica_id, "unique_id", None) or getattr(context, "replica_tag", "?"))
+        self.metrics = _Metrics(name)
+        self._started = False
+
+    def _on_batch(self, model: ServedModel, timing: Any) -> None:
+        self.metrics.batch(timing.rows)
+
+    async def __call__(self, request: Any) -> Any:
+        if not self._started:  # the batcher's loop needs the replica's running event loop
+            self.model.start()
+            self._started = True
+        started = time.perf_counter()
+        status = 200
+        try:
+            response = await self._route(request)
+        except ProtocolError as exc:
+            status = exc.status
+            response = _error(exc.status, str(exc), exc.retry_after_s)
+        except Exception as exc:
+            status = 500
+            response = _error(500, f"internal error in replica {self.replica}: {one_line(exc)}")
+        self.metrics.request(status, time.perf_counter() - started)
+        return response
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def _ray_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Ray Serve's batching: the calls it gathered, merged where their shapes agree, on instance 0."""
+        groups: dict[Any, list[int]] = {}
+        for i, inputs in enumerate(requests):
+            groups.setdefault(shape_signature(inputs), []).append(i)
+        answers: list[dict[str, np.ndarray]] = [{} for _ in requests]
+        for members in groups.values():
+            merged = {k: np.concatenate([requests[i][k] for i in members]) for k in requests[members[0]]}
+            outputs = await asyncio.wrap_future(self.model.instances[0].submit(merged))
+            self._on_batch(self.model, _Rows(len(next(iter(merged.values())))))
+            start = 0
+            for i in members:
+                rows = len(next(iter(requests[i].values())))
+                answers[i] = {k: v[start:start + rows] for k, v in outputs.items()}
+                start += rows
+        return answers
+
+    async def _route(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, Response
+
+        suffix = _suffix(request, self.name)
+        self.auth.check(request.headers.get("authorization"))
+        if request.method == "POST" and suffix == "/infer":
+            body = await request.body()
+            document, tail = parse_json_body(body, request.headers.get(HEADER_LENGTH))
+            infer_request = decode_http_request(document, tail)
+            if self.ray_batching:
+                check_request(infer_request.inputs, self.model.inputs, self.model.batching.max_batch_size)
+                outputs = await self._ray_batch(infer_request.inputs)
+                result = InferResponse(self.name, "1", outputs, infer_request.id)
+            else:
+                result = await self.model.infer(infer_request)
+            result.parameters = {"replica": self.replica}
+            payload, header_length = encode_http_response(infer_request, result)
+            if header_length is None:
+                return Response(payload, media_type="application/json")
+            return Response(payload, media_type="application/octet-stream",
+                            headers={HEADER_LENGTH: str(header_length)})
+        if request.method == "GET" and suffix == "":
+            return JSONResponse(self.model.metadata_json())
+        if request.method == "GET" and suffix == "/ready":
+            return JSONResponse({"name": self.name, "ready": True})
+        if request.method == "GET" and suffix == "/config":
+            return JSONResponse(self.model.config_json())
+        if request.method == "GET" and suffix == "/stats":  # this replica's figures only
+            return JSONResponse({"model_stats": [self.model.stats.to_json(self.name, "1")], "replica": self.replica})
+        raise ProtocolError(f"{request.method} {request.url.path} is not an endpoint of the Open Inference "
+                            "Protocol v2", 404)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    rows: int
+
+
+class ServerEndpoints:
+    """``/v2``: server metadata and health; unknown models get a 404 that names the served ones."""
+
+    def __init__(self, models: list[str], auth: Auth) -> None:
+        self.models = models
+        self.auth = auth
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        path = request.url.path.rstrip("/")
+        try:
+            if path.endswith("/v2/health/live"):
+                return JSONResponse({"live": True})
+            if path.endswith("/v2/health/ready"):  # this app is deployed after every model app is running
+                return JSONResponse({"ready": True})
+            self.auth.check(request.headers.get("authorization"))
+            if path.endswith("/v2"):
+                return JSONResponse(server_metadata_json())
+            raise ProtocolError(f"{request.method} {request.url.path}: no such model or endpoint; this server "
+                                f"serves {', '.join(self.models)}", 404)
+        except ProtocolError as exc:
+            return _error(exc.status, str(exc), exc.retry_after_s)
+
+
+class _Metrics:
+    """inferforge's per-model metrics through ``ray.util.metrics`` (exported by Ray's metrics agent)."""
+
+    def __init__(self, model: str) -> None:
+        from ray.util import metrics
+
+        self.model = model
+        self.requests = metrics.Counter("inferforge_requests", "requests by HTTP status",
+                                        tag_keys=("model", "code"))
+        self.seconds = metrics.Histogram("inferforge_request_seconds", "time in the replica per request",
+                                         boundaries=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+                                         tag_keys=("model",))
+        self.batch_rows = metrics.Histogram("inferforge_batch_size", "samples per executed batch",
+                                            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=("model",))
+
+    def request(self, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"model": self.model, "code": str(status)})
+        self.seconds.observe(seconds, tags={"model": self.model})
+
+    def batch(self, rows: int) -> None:
+        self.batch_rows.observe(rows, tags={"model": self.model})
+
+
+@dataclass
+class RayDeployment:
+    """What ``start`` deployed: the endpoint and the application names (``stop`` removes them)."""
+
+    url: str
+    applications: list[str]
+    started_cluster: bool
+    _refs: list[Any] = field(default_factory=list)  # object-store packages: kept alive with the driver
+
+    def stop(self) -> None:
+        import ray
+        for app in reversed(self.applications):
+            with contextlib.suppress(Exception):  # the cluster may already be gone
+                serve.delete(app)
+        if self.started_cluster:
+            serve.shutdown()
+            ray.shutdown()
+
+
+def start(config: RayServeConfig) -> RayDeployment:
+    """Connect to (or start) a Ray cluster, deploy every model and the server endpoints; returns when all run."""
+    import ray
+    _check(config)
+    started_cluster = not ray.is_initialized() and config.address is None and not _cluster_running()
+    if not ray.is_initialized():
+        init: dict[str, Any] = {"address": config.address, "namespace": "inferforge", "log_to_driver": False}
+        if started_cluster and config.metrics_export_port is not None:
+            init["_metrics_export_port"] = config.metrics_export_port
+            init["_system_config"] = {"metrics_report_interval_ms": 1000}
+        ray.init(**init)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    deployment = RayDeployment(f"http://{config.host}:{config.port}", [], started_cluster)
+    try:
+        for name, path in config.packages.items():
+            package = _package_reference(Path(path), config.transfer, deployment)
+            app = _deployment(ModelReplica).options(name="model", **config.scaling.deployment_options())
+            serve.run(app.bind(name, package, config.auth, config.model_options, config.batching),
+                      name=MODEL_APP_PREFIX + name,
+                      route_prefix=f"/v2/models/{name}")
+            deployment.applications.append(MODEL_APP_PREFIX + name)
+        endpoints = _deployment(ServerEndpoints).options(name="endpoints", ray_actor_options={"num_cpus": 0})
+        serve.run(endpoints.bind(sorted(config.packages), config.auth), name=SERVER_APP, route_prefix="/v2")
+        deployment.applications.append(SERVER_APP)
+    except BaseException:
+        deployment.stop()
+        raise
+    return deployment
+
+
+def _deployment(cls: type) -> Any:
+    """``serve.deployment`` applied to a class (its typing only covers the decorator form)."""
+    return serve.deployment(cls)
+
+
+def serve_forever(config: RayServeConfig) -> None:
+    """``inferforge serve --ray``: deploy, print where, and remove the applications on Ctrl-C or SIGTERM."""
+    deployment = start(config)
+    print(f"serving {', '.join(config.packages)} on Ray Serve at {deployment.url} (Ctrl-C stops and removes "
+          f"the applications {', '.join(deployment.applications)})", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave applications behind
+        deployment.stop()
+
+
+def _check(config: RayServeConfig) -> None:
+    if config.batching not in BATCHERS:
+        raise InferforgeError(f"unknown batching {config.batching!r}; choose {' or '.join(BATCHERS)}")
+    if config.transfer not in TRANSFERS:
+        raise InferforgeError(f"unknown package transfer {config.transfer!r}; choose {' or '.join(TRANSFERS)}")
+    s = config.scaling
+    if s.autoscale is not None and not 0 < s.autoscale[0] <= s.autoscale[1]:
+        raise InferforgeError(f"--autoscale MIN,MAX needs 0 < MIN <= MAX, got {s.autoscale[0]},{s.autoscale[1]}")
+    if s.replicas < 1 or s.cpus_per_replica < 0 or s.gpus_per_replica < 0:
+        raise InferforgeError("--replicas must be at least 1, and CPUs and GPUs per replica not negative")
+    if not config.packages:
+        raise InferforgeError("no model to serve: give a package folder or a repository with packages")
+
+
+def _cluster_running() -> bool:
+    """A cluster started on this machine with ``ray start`` (ray.init() would join it, not start one)."""
+    import os
+
+    return bool(os.environ.get("RAY_ADDRESS")) or Path("/tmp/ray/ray_current_cluster").exists()
+
+
+def _package_reference(path: Path, transfer: str, deployment: RayDeployment) -> Any:
+    """What a replica is given to find the package: the folder itself, or an object-store reference to its
+    bytes (in a list, so that Ray hands the replica the reference, and the replica fetches it)."""
+    if transfer == "shared":
+        return {"path": str(path.resolve())}
+    import ray
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(str(path), arcname="package")
+    ref = ray.put(buffer.getvalue())
+    deployment._refs.append(ref)
+    return {"object": [ref], "name": path.name}
+
+
+def _materialize(package: Mapping[str, Any]) -> Path:
+    if "path" in package:
+        folder = Path(package["path"])
+        if not folder.is_dir():
+            raise InferforgeError(f"package {folder} is not visible on this node: use a path every node shares, "
+                                  "or the object-store transfer")
+        return folder
+    import ray
+
+    data = ray.get(package["object"][0])
+    target = Path(tempfile.mkdtemp(prefix="inferforge-replica-"))
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(target, filter="data")  # refuses absolute paths and links out of the folder
+    return target / "package"
+
+
+def _verify_every_artifact(folder: Path) -> None:
+    from inferforge.package import read_manifest, verify_checksums
+
+    for entry in read_manifest(folder)["artifacts"]:
+        verify_checksums(folder, entry)
+
+
+def _suffix(request: Any, name: str) -> str:
+    """The endpoint below ``/v2/models/<name>`` (or its ``/versions/<v>``), however the proxy passed the path."""
+    path = request.url.path.rstrip("/")
+    prefix = f"/v2/models/{name}"
+    if prefix in path:
+        path = path.split(prefix, 1)[1]
+    if path.startswith("/versions/"):
+        path = "/" + "/".join(path.split("/")[3:]) if path.count("/") > 2 else ""
+    return path
+
+
+def _error(status: int, message: str, retry_after_s: float | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
