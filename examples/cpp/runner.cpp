@@ -99,7 +99,8 @@ void resolve(Options& o) {
     if (fs::exists(dir / name)) o.model = (dir / name).string();
   }
   if (o.model == dir.string()) throw std::runtime_error(dir.string() + " holds neither model.pt2 nor model.ts");
-  for (int i = 0; o.inputs.empty() || fs::exists(dir / "sample" / ("input_" + std::to_string(i) + ".npy")); ++i) {
+  if (!o.inputs.empty()) return;  // the caller's own inputs
+  for (int i = 0;; ++i) {
     fs::path sample = dir / "sample" / ("input_" + std::to_string(i) + ".npy");
     if (!fs::exists(sample)) break;
     o.inputs.push_back(sample.string());

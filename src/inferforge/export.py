@@ -73,8 +73,10 @@ def export_package(package: Path, fmt: str, out: Path, *, overwrite: bool = Fals
     try:
         verify_checksums(package, entry)
         source_dir = package / entry["path"]
-        if how == "copied":
-            shutil.copy2(source_dir / file, staging / file)
+        if how == "copied":  # every file of the artifact: an ONNX model may keep its weights in a side file
+            for rel in entry["files"]:
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source_dir / rel, staging / rel)
             built = artifact_from_json(entry, staging)
             error = None
         else:
