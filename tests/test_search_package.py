@@ -194,3 +194,23 @@ def test_slow_candidates_only_with_thorough() -> None:
     assert not slow & keys(False)
     assert slow <= keys(True)
     assert {"inductor-fp16-cuda-graphs-cuda", "torchao-fp8-cuda", "torchao-int8-scheme-int8-dynamic-cuda"} <= keys(False)
+
+
+def test_gpu_int8_without_calibration_reads_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchao's INT8 scales activations at run time: a CUDA search loads no calibration set (and does not warn)."""
+    from inferforge import api
+    from inferforge.data import Dataset
+    from inferforge.search import SearchOptions
+    from inferforge.source import load_source
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calibration samples were read")
+
+    monkeypatch.setattr(api, "load_calibration", fail)
+    source = load_source("models:make_token_mlp")
+    data = Dataset({"x": np.zeros((2, 32, 64), np.float32)}, None, "zeros")
+    options = SearchOptions(device="cuda", backends=("torchao", "eager"), cpu_fallback=False)
+    assert api._calibration(None, None, source, data, options) is None
+    cpu = SearchOptions(backends=("onnxruntime",), precisions=("int8",))
+    with pytest.raises(AssertionError, match="calibration samples were read"):
+        api._calibration(None, None, source, data, cpu)

@@ -26,7 +26,7 @@ from inferforge.search import (
 )
 from inferforge.source import ModelSource, load_source
 from inferforge.tune import Tuning, tune
-from inferforge.types import Precision, TensorSpec
+from inferforge.types import TensorSpec
 
 if TYPE_CHECKING:
     from inferforge.serve.adapters import AdapterSpec
@@ -104,7 +104,7 @@ def _calibration(ref: str | Dataset | None, pipeline: str | None, source: ModelS
     """Calibration samples, read only when the search has an INT8 candidate to calibrate."""
     if isinstance(ref, Dataset):
         return ref
-    if not any(config.precision is Precision.INT8 for _, config in candidate_configs(options)):
+    if not any(backend.needs_calibration(config) for backend, config in candidate_configs(options)):
         return None
     return load_calibration(ref, source.spec, options.calibration_samples, fallback=dataset, pipeline=pipeline)
 

@@ -151,6 +151,11 @@ class Backend(ABC):
         """The candidates this backend proposes for a device (available or not: the search asks)."""
         return [BuildConfig(self.name, Precision.FP32, device, self.options_type())]
 
+    def needs_calibration(self, config: BuildConfig) -> bool:
+        """Whether ``build`` reads calibration samples for this config: the search loads them (and warns when
+        only generated inputs are at hand) only if some candidate does."""
+        return config.precision is Precision.INT8
+
     def thorough_configs(self, device: str) -> list[BuildConfig]:
         """Candidates that take minutes to build and measured no faster on the models tried, proposed only
         with ``--thorough``: a default search should not cost a user minutes for them."""

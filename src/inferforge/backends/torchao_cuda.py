@@ -82,6 +82,9 @@ class TorchaoCudaBackend(TorchBackend):
         return [BuildConfig(self.name, precision, device, TorchaoOptions(scheme))
                 for scheme, precision in SCHEMES.items() if scheme not in THOROUGH_ONLY]
 
+    def needs_calibration(self, config: BuildConfig) -> bool:
+        return False  # every scheme scales activations from the data at run time
+
     def thorough_configs(self, device: str) -> list[BuildConfig]:
         if device != "cuda":
             return []
