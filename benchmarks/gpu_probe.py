@@ -76,6 +76,18 @@ def graphed(fn, args):
     return call
 
 
+def compiled_graph_timing(module, args, mode="default", runs=200):
+    """torch.compile ``module`` for these args, then one CUDA graph around it: (first-call seconds, median ms)."""
+    c = torch.compile(module, mode=mode, dynamic=False)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        c(*args)
+        torch.cuda.synchronize()
+    compile_s = round(time.perf_counter() - t, 1)
+    g = graphed(c, args)
+    return compile_s, gpu_time(lambda: g(*args), runs)
+
+
 def section_graph():
     for name in os.environ.get("GMODELS", "bert-base,resnet50,minilm-shape").split(","):
         model, _, make, _ = workload(name)
@@ -90,14 +102,7 @@ def section_graph():
                     a.half().contiguous(memory_format=torch.channels_last) if a.is_floating_point() else a
                     for a in args
                 ]
-                c = torch.compile(m, mode=mode, dynamic=False)
-                t = time.perf_counter()
-                with torch.inference_mode():
-                    c(*args)
-                    torch.cuda.synchronize()
-                res[f"{mode}/compile_s_bs{bs}"] = round(time.perf_counter() - t, 1)
-                g = graphed(c, args)
-                ms = gpu_time(lambda: g(*args), 300 if bs == 1 else 20)
+                res[f"{mode}/compile_s_bs{bs}"], ms = compiled_graph_timing(m, args, mode, 300 if bs == 1 else 20)
                 res[f"{mode}/graph_bs{bs}_ms"] = round(ms, 4)
                 if bs == 256:
                     res[f"{mode}/graph_per_s"] = round(256000 / ms)
@@ -263,15 +268,8 @@ def section_quant():
                 quantize_(m, cfg())
             res = {}
             for bs in (1, 256):
-                c = torch.compile(m, dynamic=False)
                 args = cuda_args(make, bs)
-                t = time.perf_counter()
-                with torch.inference_mode():
-                    c(*args)
-                    torch.cuda.synchronize()
-                    res[f"compile_s_bs{bs}"] = round(time.perf_counter() - t, 1)
-                g = graphed(c, args)
-                ms = gpu_time(lambda: g(*args), 200 if bs == 1 else 15)
+                res[f"compile_s_bs{bs}"], ms = compiled_graph_timing(m, args, runs=200 if bs == 1 else 15)
                 res[f"bs{bs}_ms"] = round(ms, 4)
                 if bs == 256:
                     res["bs256_per_s"] = round(256000 / ms)

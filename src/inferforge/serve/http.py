@@ -31,6 +31,7 @@ from inferforge.serve.protocol import (
     decode_http_request,
     encode_http_response,
     parse_json_body,
+    retry_after_headers,
     server_metadata_json,
 )
 from inferforge.serve.repository import ModelRepository
@@ -180,6 +181,5 @@ class HttpFrontEnd:
 
 
 def _error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
-    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
     return web.Response(text=json.dumps({"error": message}), status=status, content_type="application/json",
-                        headers=headers)
+                        headers=retry_after_headers(retry_after_s))

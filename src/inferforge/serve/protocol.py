@@ -359,6 +359,11 @@ def check_request(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorMet
     return batch
 
 
+def retry_after_headers(retry_after_s: float | None) -> dict[str, str] | None:
+    """HTTP's Retry-After for a 503 that says when to come back (whole seconds, at least 1)."""
+    return {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
+
+
 def server_metadata_json() -> dict[str, Any]:
     from inferforge import __version__
 

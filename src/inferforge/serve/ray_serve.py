@@ -54,6 +54,7 @@ from inferforge.serve.protocol import (
     decode_http_request,
     encode_http_response,
     parse_json_body,
+    retry_after_headers,
     server_metadata_json,
 )
 
@@ -160,7 +161,7 @@ class ModelReplica:
         for members in groups.values():
             merged = {k: np.concatenate([requests[i][k] for i in members]) for k in requests[members[0]]}
             outputs = await asyncio.wrap_future(self.model.instances[0].submit(merged))
-            self._on_batch(self.model, _Rows(len(next(iter(merged.values())))))
+            self.metrics.batch(len(next(iter(merged.values()))))
             start = 0
             for i in members:
                 rows = len(next(iter(requests[i].values())))
@@ -199,11 +200,6 @@ class ModelReplica:
             return JSONResponse({"model_stats": [self.model.stats.to_json(self.name, "1")], "replica": self.replica})
         raise ProtocolError(f"{request.method} {request.url.path} is not an endpoint of the Open Inference "
                             "Protocol v2", 404)
-
-
-@dataclass(frozen=True)
-class _Rows:
-    rows: int
 
 
 class ServerEndpoints:
@@ -398,5 +394,4 @@ def _suffix(request: Any, name: str) -> str:
 def _error(status: int, message: str, retry_after_s: float | None = None) -> Any:
     from starlette.responses import JSONResponse
 
-    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers=retry_after_headers(retry_after_s))
