@@ -26,8 +26,11 @@ FP32_EXACT = AccuracyBudget(min_cosine=0.999999)
 
 
 def fast_options(**kwargs: object) -> SearchOptions:
+    """Quick searches in this process: the worker isolation has tests of its own (test_isolation.py), and a
+    worker per search would cost every test a torch import."""
     kwargs.setdefault("threads", 2)
     kwargs.setdefault("tune", False)
+    kwargs.setdefault("isolate", False)
     return SearchOptions(bench=FAST_BENCH, **kwargs)  # type: ignore[arg-type]
 
 

@@ -198,3 +198,39 @@ class DigitsCNN(nn.Module):
 def make_digits_cnn() -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     return DigitsCNN().eval(), {"image": torch.rand(2, 1, 8, 8)}
+
+
+def _in_search_worker() -> bool:
+    import multiprocessing
+
+    return multiprocessing.current_process().name == "inferforge-candidate"
+
+
+class CrashesInWorker(nn.Module):
+    """Segfaults whenever it runs inside a search worker (as a backend's native crash would); fine elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _in_search_worker():
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+        return x * 2.0
+
+
+class HangsInWorker(nn.Module):
+    """Never returns inside a search worker (as a hung compile would); fine elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _in_search_worker():
+            import time
+
+            time.sleep(3600)
+        return x * 2.0
+
+
+def make_crashes_in_worker() -> tuple[nn.Module, tuple]:
+    return CrashesInWorker().eval(), (torch.randn(2, 4),)
+
+
+def make_hangs_in_worker() -> tuple[nn.Module, tuple]:
+    return HangsInWorker().eval(), (torch.randn(2, 4),)

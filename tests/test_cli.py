@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from inferforge.cli import main
+from inferforge.cli import build_parser, main
 
 TESTS = Path(__file__).parent
 
@@ -26,7 +27,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     (["optimize", "models.py:make_raises"], "raised RuntimeError: weights file corrupted"),
     (["optimize", "models.py:make_mlp", "--input", "x:float32[B,7]"], "rejected inputs built from the spec"),
     (["optimize", "models.py:make_mlp", "--input", "x:float32"], "cannot parse input spec"),
-    (["optimize", "models.py:make_mlp", "--data", "nowhere"], "neither a folder"),
+    (["optimize", "models.py:make_mlp", "--data", "nowhere"], "validation data nowhere does not exist: give a folder"),
+    (["optimize", "models.py:make_mlp", "--data", "models.py"], "validation data 'models.py' is neither a folder"),
     (["optimize", "models.py:make_mlp", "--backends", "tensorrtx"], "unknown backend"),
     (["info", "no-such-package"], "does not exist"),
 ])
@@ -49,8 +51,10 @@ def test_bad_option_value_is_an_argparse_error(capsys: pytest.CaptureFixture) ->
 
 def test_optimize_end_to_end_as_a_user_runs_it(tmp_path: Path) -> None:
     out = tmp_path / "cnn.pkg"
+    # FP32 and BF16 only: an INT8 variant that keeps every layer in FP32 ties with onnxruntime-fp32 and wins
+    # or loses by timing noise.
     proc = _run("optimize", "models.py:make_cnn", "--backends", "eager,onnxruntime", "--batch-sizes", "1,2",
-                "--threads", "1", "--out", str(out), "--json")
+                "--threads", "1", "--precisions", "fp32,bf16", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["picked"] in {"eager-fp32", "onnxruntime-fp32", "eager-bf16"}
@@ -70,3 +74,157 @@ def test_import_stays_light_and_help_is_fast() -> None:
     assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, inferforge.cli; print(list(sys.modules))"],
                                          capture_output=True, text=True).stdout
     assert time.perf_counter() - started < 30  # generous: only catches an accidental heavy import on a slow CI
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refusals must come before the model is loaded or anything is built: reaching the search is a failure."""
+    def search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the search started")
+
+    monkeypatch.setattr("inferforge.commands.run_optimize", search)
+    monkeypatch.chdir(TESTS)
+
+
+def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    assert main(["optimize", "models.py:make_mlp", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--min-cosine", "0"], "min_cosine must be in (0, 1], got 0.0"),
+    (["--min-cosine", "1.5"], "min_cosine must be in (0, 1], got 1.5"),
+    (["--min-top1-agreement", "150%"], "min_top1_agreement must be in [0, 1], got 1.5"),
+    (["--max-accuracy-drop", "120%"], "max_accuracy_drop must be in [0, 1], got 1.2"),
+    (["--threads", "0"], "threads must be 1 or more, got 0"),
+    (["--fallbacks", "-1"], "--fallbacks must be 0 or more"),
+    (["--calibration-samples", "0"], "calibration_samples must be 1 or more, got 0"),
+    (["--time-budget", "0"], "time_budget_s must be a positive number of seconds"),
+    (["--calibration", "nowhere"], "calibration data nowhere does not exist"),
+    (["--data", "gone.py:make_data"], "validation data 'gone.py:make_data': file gone.py does not exist"),
+])
+def test_numeric_options_and_paths_are_refused_before_anything_runs(args: list[str], fragment: str,
+                                                                     nothing_runs: None,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    assert fragment in _refused(args, capsys)
+
+
+def test_batch_sizes_below_1_are_refused(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["optimize", "models.py:make_mlp", "--batch-sizes", "0,8"])
+    assert info.value.code == 2 and "batch sizes must be 1 or more" in capsys.readouterr().err
+
+
+def test_defaults_come_from_the_dataclasses_that_own_them() -> None:
+    from inferforge.bench import BenchSettings
+    from inferforge.commands import options_from_args
+    from inferforge.options import SearchOptions
+    from inferforge.validate import AccuracyBudget
+
+    options = options_from_args(build_parser().parse_args(["optimize", "models.py:make_mlp"]))
+    assert options.budget == AccuracyBudget() and options.bench == BenchSettings()
+    assert options.calibration_samples == SearchOptions().calibration_samples
+    given = options_from_args(build_parser().parse_args(["optimize", "m.py:f", "--min-cosine", "0.5", "--threads",
+                                                         "3", "--batch-sizes", "2,4"]))
+    assert (given.budget.min_cosine, given.threads, given.bench.batch_sizes) == (0.5, 3, (2, 4))
+
+
+def test_a_file_in_the_way_of_out_is_refused_even_with_overwrite(tmp_path: Path, nothing_runs: None,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    target = tmp_path / "model.inferforge"
+    target.write_text("my notes")
+    err = _refused(["--out", str(target), "--overwrite"], capsys)
+    assert f"{target} is a file, not a package folder" in err
+    assert target.read_text() == "my notes"
+
+
+def test_an_existing_folder_needs_overwrite_and_must_be_a_package(tmp_path: Path, nothing_runs: None,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    assert "already exists: choose another --out or pass --overwrite" in _refused(["--out", str(folder)], capsys)
+    err = _refused(["--out", str(folder), "--overwrite"], capsys)
+    assert "not an inferforge package (it has no inferforge.json)" in err
+    assert (folder / "thesis.tex").is_file()
+
+
+def test_a_destination_whose_parent_is_a_file_is_refused(tmp_path: Path, nothing_runs: None,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = _refused(["--out", str(blocker / "sub" / "model.inferforge")], capsys)
+    assert f"cannot create package folder {blocker / 'sub' / 'model.inferforge'}: {blocker} is a file" in err
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_destination_under_a_read_only_folder_is_refused(tmp_path: Path, nothing_runs: None,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert f"{locked} is not writable" in _refused(["--out", str(locked / "new" / "pkg")], capsys)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_check_destination_accepts_what_write_package_can_write(tmp_path: Path) -> None:
+    from inferforge.destination import check_destination
+
+    check_destination(tmp_path / "a" / "b" / "pkg", overwrite=False)
+    assert not (tmp_path / "a").exists()  # checks, creates nothing
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_destination(empty, overwrite=True)
+    package = tmp_path / "old.inferforge"
+    package.mkdir()
+    (package / "inferforge.json").write_text("{}")
+    check_destination(package, overwrite=True)
+
+
+def _fake_package(folder: Path) -> Path:
+    """A package with two artifacts, written by hand: what `info` reads, without an hour of builds."""
+    from inferforge.cache import file_sha256
+
+    entries = []
+    for rank, key in enumerate(("onnxruntime-fp32", "eager-fp32")):
+        (folder / "artifacts" / key).mkdir(parents=True)
+        (folder / "artifacts" / key / "model.bin").write_bytes(key.encode() * 100)
+        entries.append({"rank": rank, "key": key, "path": f"artifacts/{key}",
+                        "sha256": {"model.bin": file_sha256(folder / "artifacts" / key / "model.bin")},
+                        "bench": {"latency": {"p50_ms": 0.5 + rank}}})
+    manifest = {"format_version": 1, "model": "mlp", "chosen": entries[0]["key"], "objective": "latency",
+                "artifacts": entries, "spec": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["B", 16]}]}}
+    (folder / "inferforge.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_info_verifies_every_artifact_and_says_which_are_intact(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    package = _fake_package(tmp_path / "mlp.inferforge")
+    assert main(["info", str(package)]) == 0
+    out = capsys.readouterr().out
+    assert "#0 onnxruntime-fp32: p50 0.50 ms  [intact]" in out and "#1 eager-fp32: p50 1.50 ms  [intact]" in out
+    (package / "artifacts" / "eager-fp32" / "model.bin").write_bytes(b"tampered")
+    assert main(["info", str(package)]) == 2
+    captured = capsys.readouterr()
+    assert "#0 onnxruntime-fp32: p50 0.50 ms  [intact]" in captured.out
+    assert "#1 eager-fp32: p50 1.50 ms  [DAMAGED: artifacts/eager-fp32/model.bin does not match its checksum]" \
+        in captured.out
+    assert captured.err.strip() == (f"error: 1 of 2 artifacts in {package} do not match their checksums "
+                                    "(eager-fp32): rebuild the package or copy it again")
+    (package / "artifacts" / "onnxruntime-fp32" / "model.bin").unlink()
+    assert main(["info", str(package), "--json"]) == 2
+    integrity = json.loads(capsys.readouterr().out)["integrity"]
+    assert integrity["onnxruntime-fp32"] == "DAMAGED: artifacts/onnxruntime-fp32/model.bin is missing"
+
+
+def test_info_on_a_manifest_that_is_json_but_not_an_object_is_a_package_error(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "inferforge.json").write_text("[]")
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "inferforge.json" in err and "internal error" not in err

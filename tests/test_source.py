@@ -18,7 +18,7 @@ def test_factory_file_reference_infers_spec_from_examples(models_file: str) -> N
     assert source.kind is SourceKind.TORCH
     assert source.spec.input_names == ["input_ids", "attention_mask"]
     ids = source.spec.inputs[0]
-    assert ids.dtype == "int64" and ids.shape == (Dim(BATCH), 7)
+    assert ids.dtype == "int64" and ids.shape == (Dim(BATCH), Dim("S", 7))  # eager takes other lengths
     assert ids.value_range is not None and 0 <= ids.value_range[0] <= ids.value_range[1] < 50
     # dict and nested tuple outputs are flattened and named by their path
     assert source.spec.output_names == ["pooled", "extra.0", "extra.1"]

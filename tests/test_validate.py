@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from inferforge.data import Dataset
+from inferforge.errors import SpecError
 from inferforge.types import ModelSpec, TensorSpec
 from inferforge.validate import AccuracyBudget, Task, compare
 
@@ -67,3 +68,65 @@ def test_all_zero_outputs_agree() -> None:
     zeros = np.zeros_like(REF)
     report = compare({"logits": zeros}, {"logits": zeros}, SPEC, _dataset(None), Task.GENERIC, AccuracyBudget())
     assert report.passed and report.outputs[0].cosine_mean == 1.0  # exactly: zero rows agree by definition
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("min_cosine", 0.0, "(0, 1]"), ("min_cosine", 1.5, "(0, 1]"), ("min_cosine", float("nan"), "(0, 1]"),
+    ("min_top1_agreement", -0.1, "[0, 1]"), ("min_top1_agreement", 99, "[0, 1]"),
+    ("max_accuracy_drop", 1.01, "[0, 1]"), ("max_accuracy_drop", -0.01, "[0, 1]"),
+])
+def test_a_budget_out_of_range_is_refused_naming_field_value_and_range(field: str, value: float, shown: str) -> None:
+    with pytest.raises(SpecError) as info:
+        AccuracyBudget(**{field: value})
+    assert f"{field} must be in {shown}, got {value!r}" in str(info.value)
+
+
+def test_budget_edges_inside_the_range_are_accepted() -> None:
+    AccuracyBudget(min_cosine=1.0, min_top1_agreement=0.0, max_accuracy_drop=0.0)
+    AccuracyBudget(min_cosine=np.float32(1e-6), min_top1_agreement=1, max_accuracy_drop=1.0)
+    with pytest.raises(SpecError, match="must be a number"):
+        AccuracyBudget(min_cosine="0.99")  # type: ignore[arg-type]
+
+
+TINY = np.random.default_rng(0).normal(0, 1.0, REF.shape) * 3e-9  # what random tiny weights give
+
+
+def test_an_output_that_underflows_in_fp16_is_explained_with_the_precisions_range() -> None:
+    in_fp16 = TINY.astype(np.float16).astype(np.float64)  # what an FP16 candidate returns: all zeros
+    assert not in_fp16.any()
+    report = compare({"logits": TINY}, {"logits": in_fp16}, SPEC, _dataset(None), Task.GENERIC, AccuracyBudget(),
+                     precision="fp16")
+    (violation,) = report.violations
+    assert violation.startswith("output logits underflows: the candidate's values are ~0 while max |ref| = ")
+    assert f"{np.abs(TINY).max():.1e}" in violation
+    assert "(below float16's smallest normal 6.1e-05)" in violation and "too small for float16" in violation
+    assert "mean cosine" not in violation
+
+
+def test_underflow_is_explained_without_a_precision_and_for_classifiers_too() -> None:
+    generic = compare({"logits": TINY}, {"logits": np.zeros_like(TINY)}, SPEC, _dataset(None), Task.GENERIC, AccuracyBudget())
+    assert "underflows" in generic.violations[0] and "too small for this precision" in generic.violations[0]
+    assert "smallest normal" not in generic.violations[0]
+    classify = compare({"logits": TINY}, {"logits": np.zeros_like(TINY)}, SPEC, _dataset(None), Task.CLASSIFY,
+                       AccuracyBudget(), "bf16")
+    assert classify.violations[0].startswith("output logits underflows") and "bfloat16" in classify.violations[0]
+
+
+def test_a_collapsed_output_of_a_normal_sized_model_keeps_the_cosine_message() -> None:
+    """Zeros against outputs of size ~1 are a broken candidate, not an underflow: the figure says so."""
+    report = compare({"logits": REF}, {"logits": np.zeros_like(REF)}, SPEC, _dataset(None), Task.GENERIC,
+                     AccuracyBudget(), "fp16")
+    assert report.violations == ("output logits: mean cosine 0.0000 < budget 0.99",)
+
+
+def test_a_tiny_output_that_passes_is_not_rejected() -> None:
+    report = compare({"logits": TINY}, {"logits": TINY * (1 + 1e-4)}, SPEC, _dataset(None), Task.GENERIC,
+                     AccuracyBudget(), "fp16")
+    assert report.passed
+
+
+def test_nan_and_inf_values_are_counted() -> None:
+    bad = REF.copy()
+    bad[0, 0], bad[2, 1], bad[3, 2] = np.nan, np.inf, -np.inf
+    report = compare({"logits": REF}, {"logits": bad}, SPEC, _dataset(None), Task.GENERIC, AccuracyBudget())
+    assert "output logits has 3 NaN or Inf values (of 12) where the reference is finite" in report.violations

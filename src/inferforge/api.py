@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferforge.calibration import load_calibration
 from inferforge.data import Dataset, generated_dataset, load_dataset
+from inferforge.destination import check_destination
 from inferforge.package import write_package
 from inferforge.report import markdown_leaderboard, report_json, report_markdown
 from inferforge.search import (
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from inferforge.serve.adapters import AdapterSpec
 
 DEFAULT_GENERATED_SAMPLES = 64
+TUNING_SECONDS = 15.0  # about what tune.py measures for; not started with less of the time budget left
 
 
 @dataclass
@@ -69,6 +72,10 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
     Raises InferforgeError subclasses for bad input; candidate failures are recorded in the result, never raised.
     """
     options = options or SearchOptions()
+    # The time budget covers the whole run, from here: loading the model and data counts too.
+    deadline = time.monotonic() + options.time_budget_s if options.time_budget_s is not None else None
+    if out is not None:
+        check_destination(Path(out), overwrite)  # a bad destination fails now, not after every build
     source = load_source(model, inputs=inputs, example_inputs=example_inputs, name=name)
     if adapter is not None:
         from inferforge.serve.adapters import build_adapter
@@ -83,11 +90,16 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
     calibration_set = _calibration(calibration, calibration_pipeline, source, dataset, options)
     scratch = Path(tempfile.mkdtemp(prefix="inferforge-", dir=workdir))
     try:
-        search = run_search(source, dataset, options, scratch, progress, calibration=calibration_set)
+        search = run_search(source, dataset, options, scratch, progress, calibration=calibration_set,
+                            deadline=deadline)
         package = None
         # CPU threads and instances only: a GPU candidate's speed does not depend on them.
-        tuning = (_tune(search, source, dataset) if options.tune and search.best is not None
-                  and search.best.config.device == "cpu" else None)
+        tuning = None
+        if options.tune and search.best is not None and search.best.config.device == "cpu":
+            if deadline is None or deadline - time.monotonic() > TUNING_SECONDS:
+                tuning = _tune(search, source, dataset)
+            else:
+                search.notes.append("threads and instances were not tuned: the time budget was spent")
         if out is not None and search.best is not None:
             package = write_package(
                 search, source.spec, Path(out), model_name=source.name, source_fingerprint=source.fingerprint(),

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from inferforge.data import Dataset, generated_dataset, load_dataset
+from inferforge.data import Dataset, check_finite, generated_dataset, load_dataset
 from inferforge.errors import DataError
 from inferforge.types import ModelSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+WHAT = "calibration data"  # how every message names these samples, never "validation data"
 NOT_REPRESENTATIVE = ("calibrating INT8 on inputs generated from the spec: they are not representative, so "
                       "INT8 accuracy may be poor or misjudged. Pass --calibration (images, .npy/.npz or a "
                       "dataset factory) or --data with real samples.")
@@ -32,13 +33,13 @@ def load_calibration(ref: str | None, spec: ModelSpec, samples: int = 128, *, fa
     ``resize=256,crop=224,color=rgb,scale=0.00392157,mean=...,std=...``), a folder of
     .npy/.npz, an .npz file, or ``file.py:function``. Without ``ref``, ``fallback`` (the
     validation data) is used when it is real; otherwise inputs are generated from the spec
-    with a warning. Raises DataError when the data does not fit the spec.
+    with a warning. Raises DataError when the data is missing, does not fit the spec, or holds NaN or Inf.
     """
     if samples < 1:
         raise DataError(f"calibration needs at least 1 sample, not {samples}")
     if ref is not None:
         dataset = _image_folder(Path(ref), spec, samples, pipeline) if _is_image_folder(ref) else \
-            load_dataset(ref, spec)
+            load_dataset(ref, spec, WHAT)
         return _first(dataset, samples, f"calibration {dataset.origin}")
     if fallback is not None and not fallback.generated:
         return _first(fallback, samples, f"calibration from the validation data ({fallback.origin})")
@@ -63,7 +64,10 @@ def _image_folder(path: Path, spec: ModelSpec, samples: int, pipeline: str | Non
         raise DataError(f"a folder of images calibrates a model with one float image input; this model takes "
                         f"{', '.join(str(s) for s in spec.inputs)}: give .npy/.npz or a dataset factory instead")
     images = ImagePipeline.parse(pipeline).load_folder(path, limit=samples)
-    return Dataset({floats[0].name: images.astype(np.float32, copy=False)}, None, f"images in {path} ({pipeline})")
+    inputs = {floats[0].name: images.astype(np.float32, copy=False)}
+    origin = f"images in {path} ({pipeline})"
+    check_finite(inputs, origin, WHAT)  # e.g. a pipeline whose std has a 0
+    return Dataset(inputs, None, origin)
 
 
 def _first(dataset: Dataset, samples: int, origin: str) -> Dataset:

@@ -60,17 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--data", help="validation data: a folder of .npy/.npz, or file.py:function (optional 'labels')")
     opt.add_argument("--task", choices=["auto", "classify", "embed", "generic"], default="auto",
                      help="what decides accuracy: auto = classify with labels, else output cosine")
-    opt.add_argument("--max-accuracy-drop", type=_fraction, default=0.01, help="with labels: e.g. 1%% or 0.01")
-    opt.add_argument("--min-cosine", type=float, default=0.99, help="without labels: mean cosine per sample")
-    opt.add_argument("--min-top1-agreement", type=_fraction, default=0.99, help="classifiers without labels")
+    # Numeric options default to None: the dataclass that owns each one (AccuracyBudget, SearchOptions,
+    # BenchSettings; optimize() for --fallbacks) supplies the default and refuses values out of its range,
+    # before the model is loaded (commands.check_optimize_args).
+    opt.add_argument("--max-accuracy-drop", type=_fraction, help="with labels: e.g. 1%% or 0.01")
+    opt.add_argument("--min-cosine", type=float, help="without labels: mean cosine per sample")
+    opt.add_argument("--min-top1-agreement", type=_fraction, help="classifiers without labels")
     opt.add_argument("--objective", choices=["latency", "throughput"], default="latency")
     opt.add_argument("--backends", help="comma-separated subset (default: all)")
-    opt.add_argument("--batch-sizes", type=_int_list, default=(1, 8, 32), help="throughput sweep, e.g. 1,8,32")
+    opt.add_argument("--batch-sizes", type=_int_list, help="throughput sweep, e.g. 1,8,32")
     opt.add_argument("--threads", type=int, help="intra-op threads (default: usable cores)")
     opt.add_argument("--out", type=Path, help="package folder (default: ./<name>.inferforge)")
     opt.add_argument("--name", help="model name (default: from the factory or file)")
-    opt.add_argument("--fallbacks", type=int, default=2, help="passed candidates packaged after the best")
-    opt.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
+    opt.add_argument("--fallbacks", type=int, help="passed candidates packaged after the best")
+    opt.add_argument("--overwrite", action="store_true", help="replace an existing package folder (never a file, "
+                     "nor a folder that is not a package)")
     opt.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     opt.add_argument("--precisions", help="comma-separated subset of fp32,tf32,bf16,fp16,fp8,int8 (default: all)")
     opt.add_argument("--time-budget", type=float, metavar="SECONDS",
@@ -86,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(with --calibration-pipeline), a folder of .npy/.npz, or file.py:function (default: --data)")
     opt.add_argument("--calibration-pipeline", metavar="PIPELINE", help="how to preprocess calibration images, e.g. "
                      "resize=256,crop=224,color=rgb,scale=0.00392157,mean=0.485/0.456/0.406,std=0.229/0.224/0.225")
-    opt.add_argument("--calibration-samples", type=int, default=128, help="samples read for INT8 calibration")
+    opt.add_argument("--calibration-samples", type=int, help="samples read for INT8 calibration")
     opt.add_argument("--adapter", type=_adapter, metavar="SPEC",
                      help="let served clients send sentences or photos: text:tokenizer=PATH[,max_length=N][,input=NAME] "
                      "or image:target=INPUT[,input=NAME],resize=N|HxW,crop=N|HxW,color=rgb|bgr|gray,scale=X,"
@@ -134,6 +138,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--instances", type=int, help="model instances per model (default 1)")
     serve.add_argument("--instance-kind", choices=["thread", "process"], help="default thread")
     serve.add_argument("--threads", type=int, help="intra-op threads per instance (default: usable cores)")
+    serve.add_argument("--trust-source", action="store_true",
+                       help="also serve source artifacts, which import and run the model's own Python code "
+                       "packaged with it (for models no graph capture takes); only for packages you trust")
     serve.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     ray = serve.add_argument_group("Ray Serve (scale out; HTTP only)")
     ray.add_argument("--ray", action="store_true", help="deploy each model on Ray Serve (a running cluster, or a "
@@ -239,19 +246,47 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    """The manifest's summary and whether every artifact still matches its checksums; exit 2 when one does not,
+    so a script can tell a damaged package from a sound one."""
     from inferforge.package import read_manifest
 
     manifest = read_manifest(args.package)
+    integrity = _integrity(args.package, manifest["artifacts"])
     if args.json:
-        print(json.dumps(manifest, indent=2))
-        return 0
-    print(f"{manifest['model']}: chosen {manifest['chosen']} (objective {manifest['objective']})")
-    for entry in manifest["artifacts"]:
-        bench = entry.get("bench") or {}
-        p50 = bench.get("latency", {}).get("p50_ms")
-        print(f"  #{entry['rank']} {entry['key']}: p50 {p50:.2f} ms" if p50 else f"  #{entry['rank']} {entry['key']}")
-    print("inputs: " + " ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in manifest["spec"]["inputs"]))
+        print(json.dumps({**manifest, "integrity": integrity}, indent=2))
+    else:
+        print(f"{manifest['model']}: chosen {manifest['chosen']} (objective {manifest['objective']})")
+        for entry in manifest["artifacts"]:
+            bench = entry.get("bench") or {}
+            p50 = bench.get("latency", {}).get("p50_ms")
+            figure = f": p50 {p50:.2f} ms" if p50 else ""
+            print(f"  #{entry['rank']} {entry['key']}{figure}  [{integrity[entry['key']]}]")
+        print("inputs: " + " ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in manifest["spec"]["inputs"]))
+    damaged = [key for key, state in integrity.items() if state != INTACT]
+    if damaged:
+        print(f"error: {len(damaged)} of {len(integrity)} artifacts in {args.package} do not match their checksums "
+              f"({', '.join(damaged)}): rebuild the package or copy it again", file=sys.stderr)
+        return 2
     return 0
+
+
+INTACT = "intact"
+
+
+def _integrity(package: Path, entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Per artifact key: 'intact', or what is missing or changed (package.verify_checksums' words)."""
+    from inferforge.errors import PackageError
+    from inferforge.package import verify_checksums
+
+    states = {}
+    for entry in entries:
+        try:
+            verify_checksums(package, entry)
+            states[entry["key"]] = INTACT
+        except PackageError as exc:
+            states[entry["key"]] = "DAMAGED: " + str(exc).split(": ", 1)[-1].removesuffix(
+                ". Rebuild it or copy it again.")
+    return states
 
 
 if __name__ == "__main__":

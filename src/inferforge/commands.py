@@ -13,10 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from inferforge.api import OptimizeResult, optimize
 from inferforge.bench import BenchSettings
-from inferforge.errors import InferforgeError
+from inferforge.calibration import WHAT as CALIBRATION_DATA
+from inferforge.data import check_data_ref
+from inferforge.destination import check_destination
+from inferforge.errors import InferforgeError, SpecError
+from inferforge.options import Objective, SearchOptions
 from inferforge.progress import SearchProgress, print_table
 from inferforge.report import report_json, rich_leaderboard
-from inferforge.search import Objective, SearchOptions, candidate_configs
+from inferforge.search import candidate_configs
 from inferforge.validate import AccuracyBudget, Task
 
 if TYPE_CHECKING:
@@ -24,22 +28,21 @@ if TYPE_CHECKING:
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
-    extra: dict[str, Any] = {}
-    if args.threads:
-        extra["threads"] = args.threads
+    """SearchOptions from the command line. An option left out is not passed, so its default is the
+    dataclass's own; a value out of range is refused by the dataclass that owns the rule (SpecError)."""
+    extra: dict[str, Any] = _given(args, threads="threads", calibration_samples="calibration_samples",
+                                   time_budget_s="time_budget")
     if args.no_cache or args.cache_dir:
         extra["cache_dir"] = None if args.no_cache else args.cache_dir
-    if args.time_budget is not None:
-        if args.time_budget <= 0:
-            raise InferforgeError(f"--time-budget must be a positive number of seconds, got {args.time_budget:g}")
-        extra["time_budget_s"] = args.time_budget
+    budget = _given(args, max_accuracy_drop="max_accuracy_drop", min_cosine="min_cosine",
+                    min_top1_agreement="min_top1_agreement")
+    bench = _given(args, batch_sizes="batch_sizes")
     return SearchOptions(
         objective=Objective(args.objective),
-        budget=AccuracyBudget(args.max_accuracy_drop, args.min_cosine, args.min_top1_agreement),
+        budget=AccuracyBudget(**budget),
         task=Task(args.task),
-        bench=BenchSettings(batch_sizes=tuple(args.batch_sizes)),
+        bench=BenchSettings(**bench),
         backends=tuple(b.strip() for b in args.backends.split(",")) if args.backends else (),
-        calibration_samples=args.calibration_samples,
         device=args.target,
         precisions=tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (),
         thorough=args.thorough,
@@ -47,16 +50,39 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     )
 
 
+def _given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
+    """``{field: args.<flag>}`` for the flags the user gave (argparse default None), so defaults stay in one place."""
+    return {field: getattr(args, flag) for field, flag in fields.items() if getattr(args, flag) is not None}
+
+
+def check_optimize_args(args: argparse.Namespace, out: Path) -> SearchOptions:
+    """Everything about the command line that can be refused before the model is even loaded: numeric
+    options, the input paths, the package destination. Returns the search options."""
+    options = options_from_args(args)
+    if args.fallbacks is not None and args.fallbacks < 0:
+        raise SpecError(f"--fallbacks must be 0 or more (passed candidates packaged after the best), "
+                        f"got {args.fallbacks}")
+    if args.data is not None:
+        check_data_ref(args.data)
+    if args.calibration is not None:
+        check_data_ref(args.calibration, CALIBRATION_DATA)
+    check_destination(out, args.overwrite)
+    return options
+
+
 def run_optimize(model: str, *, inputs: list[str], data: str | None, options: SearchOptions, out: Path | None,
-                 name: str | None, fallbacks: int, overwrite: bool, quiet: bool = False,
+                 name: str | None, fallbacks: int | None = None, overwrite: bool, quiet: bool = False,
                  adapter: AdapterSpec | None = None, calibration: str | None = None,
                  calibration_pipeline: str | None = None) -> OptimizeResult:
-    """optimize() with a live progress display, then the leaderboard on stdout."""
+    """optimize() with a live progress display, then the leaderboard on stdout.
+
+    ``fallbacks``: None keeps optimize()'s default."""
     label = name or model.rsplit(":", 1)[-1]
+    packaged: dict[str, Any] = {} if fallbacks is None else {"fallbacks": fallbacks}
     with SearchProgress(len(candidate_configs(options)), f"optimizing {label}") as progress:
         result = optimize(model, inputs=inputs, data=data, options=options, out=out, name=name,
-                          fallbacks=fallbacks, overwrite=overwrite, progress=progress, adapter=adapter,
-                          calibration=calibration, calibration_pipeline=calibration_pipeline)
+                          overwrite=overwrite, progress=progress, adapter=adapter, calibration=calibration,
+                          calibration_pipeline=calibration_pipeline, **packaged)
     if not quiet:
         print_table(rich_leaderboard(result.search, f"{result.source.name}: validated on {result.dataset.origin}, {len(result.dataset)} samples"))
         if result.package:
@@ -77,7 +103,8 @@ def default_name(model: str) -> str:
 
 def optimize_command(args: argparse.Namespace) -> int:
     out = args.out or Path(f"{args.name or default_name(args.model)}.inferforge")
-    result = run_optimize(args.model, inputs=args.input, data=args.data, options=options_from_args(args),
+    options = check_optimize_args(args, out)
+    result = run_optimize(args.model, inputs=args.input, data=args.data, options=options,
                           out=out, name=args.name, fallbacks=args.fallbacks, overwrite=args.overwrite, quiet=args.json,
                           adapter=args.adapter, calibration=args.calibration,
                           calibration_pipeline=args.calibration_pipeline)

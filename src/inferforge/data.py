@@ -17,6 +17,7 @@ from inferforge.errors import DataError, InferforgeError, one_line
 from inferforge.types import ModelSpec, TensorSpec, numpy_dtype
 
 LABELS = "labels"
+VALIDATION_DATA = "validation data"  # how messages name this data; the calibration loader passes its own words
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,16 @@ def generated_dataset(spec: ModelSpec, samples: int = 64, seed: int = 1) -> Data
                    f"generated from the spec ({samples} random samples; checks numerics, not task accuracy)")
 
 
-def load_dataset(ref: str, spec: ModelSpec) -> Dataset:
-    """A folder of .npy/.npz, or ``file.py:fn`` / ``module:fn`` returning arrays (+ 'labels')."""
+def load_dataset(ref: str, spec: ModelSpec, what: str = VALIDATION_DATA) -> Dataset:
+    """A folder of .npy/.npz, or ``file.py:fn`` / ``module:fn`` returning arrays (+ 'labels').
+
+    ``what`` names the data in every message ("validation data", "calibration data"), so a user who gave
+    both knows which one to fix.
+    """
+    check_data_ref(ref, what)
     path = Path(ref)
     if path.is_dir():
-        arrays = _read_folder(path)
+        arrays = _read_folder(path, what)
         origin = f"folder {path}"
     elif path.exists() and path.suffix == ".npz":
         arrays = dict(np.load(path, allow_pickle=False))
@@ -79,16 +85,34 @@ def load_dataset(ref: str, spec: ModelSpec) -> Dataset:
         arrays = _call_data_factory(ref)
         origin = f"factory {ref}"
     else:
-        raise DataError(f"validation data {ref!r} is neither a folder, an .npz file, nor 'file.py:function'")
-    return _check(arrays, spec, origin)
+        raise DataError(f"{what} {ref!r} is neither a folder, an .npz file, nor 'file.py:function'")
+    return _check(arrays, spec, origin, what)
 
 
-def _read_folder(path: Path) -> dict[str, np.ndarray]:
+def check_data_ref(ref: str, what: str = VALIDATION_DATA) -> None:
+    """Refuse a reference to data that is not there, before anything slow (loading the model) runs.
+
+    A reference without ':' is a plain path and must exist; 'file.py:function' needs its file. A
+    'package.module:function' is left to the import, which says what failed.
+    """
+    if Path(ref).exists():
+        return
+    module_ref, sep, _ = ref.rpartition(":")
+    if not sep:
+        raise DataError(f"{what} {ref} does not exist: give a folder of .npy/.npz, an .npz file, "
+                        "or 'file.py:function'")
+    if module_ref.endswith(".py") and not Path(module_ref).is_file():
+        raise DataError(f"{what} {ref!r}: file {module_ref} does not exist: give the path of the .py file "
+                        "that defines the function")
+
+
+def _read_folder(path: Path, what: str = VALIDATION_DATA) -> dict[str, np.ndarray]:
     """``<input>.npy`` files (samples on axis 0), and/or .npz files whose arrays are concatenated."""
     arrays: dict[str, list[np.ndarray]] = {}
     files = sorted(path.glob("*.npy")) + sorted(path.glob("*.npz"))
     if not files:
-        raise DataError(f"validation folder {path} holds no .npy or .npz files")
+        raise DataError(f"{what} folder {path} holds no .npy or .npz files: save one <input>.npy per input "
+                        "(samples on axis 0), or .npz files holding those arrays")
     for file in files:
         try:
             loaded = {file.stem: np.load(file, allow_pickle=False)} if file.suffix == ".npy" else \
@@ -124,8 +148,9 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _check(arrays: dict[str, np.ndarray], spec: ModelSpec, origin: str) -> Dataset:
-    """Every input present, dtype castable, one sample count; one DataError listing all problems."""
+def _check(arrays: dict[str, np.ndarray], spec: ModelSpec, origin: str, what: str = VALIDATION_DATA) -> Dataset:
+    """Every input present, dtype castable, one sample count, every value finite; one DataError listing all
+    problems, naming the data as ``what``."""
     labels = arrays.pop(LABELS, None)
     problems = [f"no array for input {s.name!r}" for s in spec.inputs if s.name not in arrays]
     extra = set(arrays) - set(spec.input_names)
@@ -155,5 +180,27 @@ def _check(arrays: dict[str, np.ndarray], spec: ModelSpec, origin: str) -> Datas
     if inputs and min(len(v) for v in inputs.values()) == 0:
         problems.append("the data holds no samples")
     if problems:
-        raise DataError(f"validation data from {origin} does not fit the model: " + "; ".join(problems))
+        raise DataError(f"{what} from {origin} does not fit the model: " + "; ".join(problems))
+    check_finite(inputs, origin, what)
     return Dataset(inputs, None if labels is None else np.asarray(labels).reshape(-1), origin)
+
+
+NONFINITE_SHOWN = 5  # sample indices quoted per input
+
+
+def check_finite(inputs: Mapping[str, np.ndarray], origin: str, what: str = VALIDATION_DATA) -> None:
+    """Refuse samples holding NaN or Inf before the search: every candidate would be judged on them (NaN
+    outputs everywhere, cosines of NaN) and rejected for the data's fault, not its own."""
+    problems = []
+    for name, value in inputs.items():
+        if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+            continue
+        per_sample = value.reshape(len(value), -1) if value.ndim else value.reshape(1, -1)
+        bad = np.flatnonzero(~np.isfinite(per_sample).all(axis=1))
+        if bad.size:
+            first = ", ".join(str(i) for i in bad[:NONFINITE_SHOWN]) + (", ..." if bad.size > NONFINITE_SHOWN else "")
+            problems.append(f"input {name!r}: {bad.size} of {len(per_sample)} samples contain NaN or Inf "
+                            f"(samples {first})")
+    if problems:
+        raise DataError(f"{what} from {origin} holds NaN or Inf: " + "; ".join(problems)
+                        + ": remove or repair those samples")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.backends import get_backend
+from inferforge.backends import backend_names, get_backend
 from inferforge.backends.base import BuildConfig, artifact_from_json
 from inferforge.data import generate_inputs
 from inferforge.environment import unmet_requirements, version_of
@@ -41,7 +41,7 @@ from inferforge.types import ModelSpec, Precision, TensorSpec
 FORMATS = {"torchscript": ("torchscript", "model.ts"), "aoti": ("aoti", "model.pt2"),
            "onnx": ("onnxruntime", "model.onnx")}
 # Backends whose artifact keeps the FP32 torch.export program as model.pt2: any format can be built from it.
-PROGRAM_BACKENDS = ("eager", "inductor")
+PROGRAM_BACKENDS = tuple(name for name in backend_names() if get_backend(name).keeps_program)
 PROGRAM = "model.pt2"
 SAMPLE_BATCH = 2
 # Conversions are checked against the program they came from: what an FP32 recompile may round differently.

@@ -9,21 +9,23 @@ ranked list, saying which artifact it took and why.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inferforge.backends import get_backend
-from inferforge.backends.base import Runner, artifact_from_json
+from inferforge.backends import backend_names, get_backend
+from inferforge.backends.base import EXPORT_FORMATS, Runner, artifact_from_json
 from inferforge.cache import file_sha256
 from inferforge.environment import fingerprint, unmet_requirements, usable_cores
 from inferforge.errors import InferforgeError, PackageError, one_line
 from inferforge.search import CandidateResult, SearchResult
-from inferforge.types import ModelSpec
+from inferforge.types import ModelSpec, Precision
 
 if TYPE_CHECKING:
     from inferforge.serve.adapters import AdapterSpec
@@ -32,12 +34,13 @@ if TYPE_CHECKING:
 MANIFEST = "inferforge.json"
 FORMAT_VERSION = 1
 ARTIFACTS = "artifacts"
-PORTABLE_BACKENDS = ("onnxruntime", "torchscript", "eager")
 
 
 def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResult]:
-    """The best candidate and up to ``fallbacks`` more passed ones, one per backend, with a portable
-    (no compile cache, no CPU-specific code, no GPU) artifact among them whenever one passed."""
+    """The best candidate and up to ``fallbacks`` more passed ones, one per backend, then whatever the package
+    still lacks of: a portable CPU FP32 artifact (no compiled code, no GPU; one that loads without running
+    the user's code where one passed), and an artifact for each format ``inferforge export`` writes (one in
+    that format, else a torch.export program it converts)."""
     chosen: list[CandidateResult] = []
     for candidate in result.passed:
         if len(chosen) > fallbacks:
@@ -45,15 +48,42 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResul
         if all((c.config.backend, c.config.device) != (candidate.config.backend, candidate.config.device)
                for c in chosen):
             chosen.append(candidate)
-    if not any(_portable(c) for c in chosen):  # e.g. a GPU package: one that runs on any CPU
-        portable = next((c for c in result.passed if _portable(c)), None)
-        if portable is not None:
-            chosen.append(portable)
+    if not chosen:
+        return chosen
+
+    def add_first(wanted: Callable[[CandidateResult], bool]) -> None:
+        found = next((c for c in result.passed if wanted(c)), None)
+        if found is not None and found not in chosen:
+            chosen.append(found)
+
+    if not any(_portable(c) and not _runs_user_code(c) for c in chosen):
+        add_first(lambda c: _portable(c) and not _runs_user_code(c))
+    if not any(_portable(c) for c in chosen):
+        add_first(_portable)
+    for fmt in EXPORT_FORMATS:
+        if not any(_gives(c, fmt) for c in chosen):
+            add_first(partial(_gives, fmt=fmt))
+    if not all(any(_gives(c, fmt) or _keeps_program(c) for c in chosen) for fmt in EXPORT_FORMATS):
+        add_first(_keeps_program)
     return chosen
 
 
 def _portable(candidate: CandidateResult) -> bool:
-    return candidate.config.backend in PORTABLE_BACKENDS and candidate.config.device == "cpu"
+    return (get_backend(candidate.config.backend).portable and candidate.config.device == "cpu"
+            and candidate.config.precision is Precision.FP32)
+
+
+def _runs_user_code(candidate: CandidateResult) -> bool:
+    return get_backend(candidate.config.backend).runs_user_code
+
+
+def _gives(candidate: CandidateResult, fmt: str) -> bool:
+    """Whether export copies this artifact as ``fmt`` (a CPU artifact of a backend that writes that format)."""
+    return fmt in get_backend(candidate.config.backend).export_formats and candidate.config.device == "cpu"
+
+
+def _keeps_program(candidate: CandidateResult) -> bool:
+    return get_backend(candidate.config.backend).keeps_program
 
 
 def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_name: str, source_fingerprint: str,
@@ -156,6 +186,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise PackageError(f"{manifest_path} is not valid JSON ({exc}); the package is damaged: rebuild it") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        raise PackageError(f"{manifest_path} is JSON but not an inferforge manifest (an object with a list of "
+                           "artifacts); the package is damaged: rebuild it")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise PackageError(f"{path} has package format {manifest.get('format_version')}, this inferforge reads "
                            f"format {FORMAT_VERSION}: rebuild it or use a matching inferforge")
@@ -185,12 +218,21 @@ class Selection:
     passed_over: tuple[str, ...] = field(default_factory=tuple)
 
 
-def load(path: str | Path, *, threads: int | None = None, artifact: str | None = None) -> Runner:
+TRUST_SOURCE_ENV = "INFERFORGE_TRUST_SOURCE"  # "1": trust_source for every load in this process and its children
+
+
+def load(path: str | Path, *, threads: int | None = None, artifact: str | None = None,
+         trust_source: bool | None = None) -> Runner:
     """Open a package and return a runner for the best artifact this machine can run.
 
     ``artifact`` forces one by key. The runner's ``selection`` says which was taken and why
     the ones above it were not. Raises PackageError when none fits, listing each reason.
+    ``trust_source``: also open artifacts that import and run the model's own Python code (the source
+    artifact, for models no graph capture takes); without it they are passed over, saying so. None: as the
+    environment variable INFERFORGE_TRUST_SOURCE says (set by ``inferforge serve --trust-source``).
     """
+    if trust_source is None:
+        trust_source = os.environ.get(TRUST_SOURCE_ENV) == "1"
     package = Path(path)
     manifest = read_manifest(package)
     spec = ModelSpec.from_json(manifest["spec"])
@@ -203,6 +245,10 @@ def load(path: str | Path, *, threads: int | None = None, artifact: str | None =
     passed_over: list[str] = []
     for entry in entries:
         unmet = unmet_requirements(entry.get("requires", {}))
+        backend_name = entry["config"]["backend"]
+        if not trust_source and backend_name in backend_names() and get_backend(backend_name).runs_user_code:
+            unmet = [*unmet, "it runs the model's own Python code, packaged with it (checksummed): load it with "
+                     "trust_source=True (CLI: --trust-source) if you trust whoever built this package"]
         if unmet:
             passed_over.append(f"{entry['key']}: " + "; ".join(unmet))
             continue

@@ -8,10 +8,12 @@ so nested, dict and tuple outputs are handled once, here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.errors import SourceError, SpecError, one_line
+from inferforge.errors import BuildError, SourceError, SpecError, one_line
 from inferforge.types import BATCH, Dim, ModelSpec, TensorSpec, canonical_dtype
 
 
@@ -46,6 +48,13 @@ class ModelSource:
     module: Any = None
     path: Path | None = None
     example_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    # 'file.py:factory' (absolute path) or 'package.module:factory' when the model came from a factory:
+    # the source backend packages that code, and a search worker process rebuilds the model from it.
+    factory_ref: str | None = None
+    call_by_keyword: bool = False  # the user's forward takes the inputs by name (see _make_flat_module)
+    # Ranges of named dynamic dims the exporter asked for (its "Suggested fixes"), e.g. {"S": (1, 512)}.
+    dim_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know: frozen dims, ranges applied
     _exported: Any = field(default=None, repr=False)
 
     def exported_program(self) -> Any:
@@ -56,10 +65,35 @@ class ModelSource:
 
         if self.module is None:
             raise SourceError(f"{self.name} is an ONNX model: there is no PyTorch module to export")
-        # forward(*args): the dynamic shapes of the varargs go in one tuple.
-        self._exported = torch.export.export(self.module, self.export_args(), strict=False,
-                                             dynamic_shapes=(export_dynamic_shapes(self.spec),))
-        return self._exported
+        self.flatten_rnn_weights()
+        for attempt in range(2):
+            try:
+                # forward(*args): the dynamic shapes of the varargs go in one tuple.
+                self._exported = torch.export.export(
+                    self.module, self.export_args(), strict=False,
+                    dynamic_shapes=(export_dynamic_shapes(self.spec, self.dim_ranges),))
+                return self._exported
+            except Exception as exc:
+                ranges = suggested_dim_ranges(str(exc), self.spec)
+                if attempt == 0 and ranges and any(self.dim_ranges.get(k) != v for k, v in ranges.items()):
+                    self.dim_ranges.update(ranges)  # the exporter's own suggested fix, e.g. S <= 512
+                    self.notes.append("torch.export limits " + ", ".join(f"{k} to {lo}..{hi}"
+                                                                        for k, (lo, hi) in ranges.items()))
+                    continue
+                from inferforge.capture_errors import explain_capture_failure
+
+                raise BuildError(f"torch.export: {explain_capture_failure(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def flatten_rnn_weights(self) -> None:
+        """RNN weights in one contiguous chunk: what cuDNN wants and what capture expects (otherwise cuDNN warns
+        at every call that they are not)."""
+        if self.module is None or not hasattr(self.module, "modules"):
+            return
+        for module in self.module.modules():
+            if hasattr(module, "flatten_parameters") and callable(module.flatten_parameters):
+                with contextlib.suppress(Exception):  # a module of that name with other semantics
+                    module.flatten_parameters()
 
     def export_args(self) -> tuple[Any, ...]:
         """The example inputs as CPU tensors in spec order, batch at least 2 (export specialises size 1)."""
@@ -70,6 +104,9 @@ class ModelSource:
     def fingerprint(self) -> str:
         """A short hash of weights and spec, for cache keys and the manifest."""
         digest = hashlib.sha256(repr(self.spec.to_json()).encode())
+        factory_file = (self.factory_ref or "").rpartition(":")[0]
+        if factory_file.endswith(".py") and Path(factory_file).is_file():  # the code decides outputs too
+            digest.update(Path(factory_file).read_bytes())
         if self.path is not None and self.path.is_file():
             digest.update(self.path.read_bytes())
         elif self.module is not None:
@@ -80,7 +117,12 @@ class ModelSource:
         return digest.hexdigest()[:16]
 
 
-def export_dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...]:
+DIM_MAX = 1 << 16  # the largest size a dynamic dim is exported for, unless the model allows less
+
+
+def export_dynamic_shapes(spec: ModelSpec, ranges: Mapping[str, tuple[int, int]] | None = None
+                          ) -> tuple[dict[int, Any], ...]:
+    """One torch.export Dim per named dim of the spec, shared by every input that names it."""
     import torch
 
     dims: dict[str, Any] = {}
@@ -89,11 +131,29 @@ def export_dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...]:
         axes = {}
         for axis, d in enumerate(s.shape):
             if isinstance(d, Dim):
-                dims.setdefault(d.name, torch.export.Dim(d.name, min=1, max=1 << 16) if d.name != BATCH
-                                else torch.export.Dim(BATCH, min=1, max=1 << 16))
+                lo, hi = (ranges or {}).get(d.name, (1, DIM_MAX))
+                dims.setdefault(d.name, torch.export.Dim(d.name, min=lo, max=hi))
                 axes[axis] = dims[d.name]
         shapes.append(axes)
     return tuple(shapes)
+
+
+_SUGGESTED_DIM = re.compile(r"^\s*(\w+)\s*=\s*Dim\(\s*['\"](\w+)['\"]\s*((?:,\s*\w+\s*=\s*\d+\s*)*)\)", re.M)
+
+
+def suggested_dim_ranges(message: str, spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """The ranges torch.export's "Suggested fixes" give the spec's named dims (e.g. ``S = Dim('S', max=512)``
+    for a 512-position encoder); a dim it fixes to a constant is not a range and is left out."""
+    if "Suggested fixes" not in message:
+        return {}
+    named = {d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)}
+    ranges = {}
+    for match in _SUGGESTED_DIM.finditer(message.split("Suggested fixes", 1)[1]):
+        if match[1] not in named:
+            continue
+        bounds = dict(re.findall(r"(\w+)\s*=\s*(\d+)", match[3]))
+        ranges[match[1]] = (int(bounds.get("min", 1)), int(bounds.get("max", DIM_MAX)))
+    return ranges
 
 
 def _at_least_batch_2(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,8 +248,16 @@ def _load_reference(ref: str, overrides: list[TensorSpec], example_inputs: Any, 
             return _from_torchscript(path, overrides, example_inputs, name)
         raise SourceError(f"{ref}: unknown model file type {suffix!r}; use .py:factory, .pt (TorchScript), .pt2 or .onnx")
     model, examples = _call_factory(ref)
-    return _from_module(model, examples if example_inputs is None else example_inputs, overrides,
-                        name or ref.rsplit(":", 1)[-1].removeprefix("make_") or "model")
+    source = _from_module(model, examples if example_inputs is None else example_inputs, overrides,
+                          name or ref.rsplit(":", 1)[-1].removeprefix("make_") or "model")
+    source.factory_ref = absolute_ref(ref)
+    return source
+
+
+def absolute_ref(ref: str) -> str:
+    """'models.py:make' -> '/abs/models.py:make', so the reference still resolves from another directory."""
+    module_ref, _, attr = ref.rpartition(":")
+    return f"{Path(module_ref).resolve()}:{attr}" if module_ref.endswith(".py") else ref
 
 
 def resolve_callable(ref: str, what: str) -> Callable[..., Any]:
@@ -249,7 +317,98 @@ def _from_module(model: Any, examples: Any, overrides: list[TensorSpec], name: s
     specs, arrays = _input_specs(examples, overrides, params)
     by_keyword = bool(params) and all(s.name in params for s in specs)
     flat = _make_flat_module(model, [s.name for s in specs], by_keyword)
-    return _finish(ModelSource(name, SourceKind.TORCH, ModelSpec(tuple(specs)), module=flat), arrays)
+    source = ModelSource(name, SourceKind.TORCH, ModelSpec(tuple(specs)), module=flat, call_by_keyword=by_keyword)
+    source.flatten_rnn_weights()
+    if arrays:
+        source.spec, notes = detect_dynamic_dims(flat, source.spec, arrays, fixed={o.name for o in overrides})
+        source.notes += notes
+    return _finish(source, arrays)
+
+
+def module_from_factory(ref: str, input_names: Sequence[str], by_keyword: bool) -> Any:
+    """The flat module (positional inputs, tuple of tensors out) around what ``ref``'s factory returns: how a
+    worker process or a source artifact rebuilds the user's model. Raises SourceError."""
+    model, _ = _call_factory(ref)
+    model.eval()
+    return _make_flat_module(model, list(input_names), by_keyword)
+
+
+def resize_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``array`` with ``axis`` cut or cyclically extended to ``size``: values stay ones the model saw."""
+    return np.take(array, np.arange(size) % array.shape[axis], axis=axis)
+
+
+def _other_sizes(size: int) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(n for n in (size + max(1, size // 2), max(2, size // 2)) if n != size))
+
+
+def detect_dynamic_dims(module: Any, spec: ModelSpec, arrays: Mapping[str, np.ndarray], fixed: set[str]
+                        ) -> tuple[ModelSpec, list[str]]:
+    """Find the non-batch axes eager PyTorch accepts at other sizes (a sequence length, an image side) and keep
+    them dynamic rather than freezing them at the example's size without a word.
+
+    Axes of the same size are tried together first (input_ids and attention_mask share a length). Sequences
+    (integer inputs, or float inputs of rank 3 or less) become named dims ``S``, ``S1``, ...; image sides
+    (float inputs of rank 4 or more) stay at the example's size, which is what their runtimes are fastest at,
+    and a note gives the ``--input`` that keeps them dynamic. Inputs the user specified (``fixed``) are left
+    as given. Returns the new spec and the notes for the user."""
+    import torch
+
+    by_size: dict[int, list[tuple[str, int]]] = {}
+    for s in spec.inputs:
+        if s.name in fixed or s.name not in arrays:
+            continue
+        for axis, d in enumerate(s.shape):
+            if isinstance(d, int) and d > 1 and axis != s.batch_axis:
+                by_size.setdefault(d, []).append((s.name, axis))
+
+    def accepted(group: list[tuple[str, int]], size: int) -> bool:
+        for other in _other_sizes(size):
+            args = []
+            for s in spec.inputs:
+                value = arrays[s.name]
+                for name, axis in group:
+                    if name == s.name:
+                        value = resize_axis(value, axis, other)
+                args.append(torch.from_numpy(np.ascontiguousarray(value)))
+            try:
+                with torch.inference_mode():
+                    module(*args)
+            except Exception:
+                return False
+        return True
+
+    taken = {d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)}
+    shapes = {s.name: list(s.shape) for s in spec.inputs}
+    notes: list[str] = []
+    for size, axes in sorted(by_size.items()):
+        groups = [axes] if accepted(axes, size) else [[a] for a in axes if len(axes) > 1 and accepted([a], size)]
+        for group in groups:
+            name = next(n for n in (f"S{i}" if i else "S" for i in range(len(taken) + 2)) if n not in taken)
+            images = [(n, a) for n, a in group if _is_image(spec, n)]
+            if images:
+                keep = " ".join(f"--input {_with_dim(spec, n, a, Dim(name, size))}" for n, a in images)
+                notes.append(f"{', '.join(f'{n} axis {a}' for n, a in images)} accept other sizes than {size}, "
+                             f"but the package is built for {size} only (image sides run fastest fixed); to keep "
+                             f"them dynamic: {keep}")
+                continue
+            taken.add(name)
+            for n, a in group:
+                shapes[n][a] = Dim(name, size)
+            notes.append(f"{', '.join(f'{n} axis {a}' for n, a in group)} kept dynamic as {name} (eager runs it "
+                         f"at other sizes than the example's {size}); to fix it instead, give --input with {size}")
+    inputs = tuple(replace(s, shape=tuple(shapes[s.name])) for s in spec.inputs)
+    return replace(spec, inputs=inputs), notes
+
+
+def _is_image(spec: ModelSpec, name: str) -> bool:
+    s = next(s for s in spec.inputs if s.name == name)
+    return s.is_float and len(s.shape) >= 4
+
+
+def _with_dim(spec: ModelSpec, name: str, axis: int, dim: Dim) -> str:
+    s = next(s for s in spec.inputs if s.name == name)
+    return str(replace(s, shape=tuple(dim if i == axis else d for i, d in enumerate(s.shape))))
 
 
 def _input_specs(examples: Any, overrides: list[TensorSpec], params: list[str]) -> tuple[list[TensorSpec], dict]:
@@ -306,26 +465,60 @@ def _finish(source: ModelSource, example_arrays: dict[str, np.ndarray]) -> Model
 
 
 def infer_output_specs(module: Any, spec: ModelSpec, name: str) -> tuple[TensorSpec, ...]:
-    """Run at batch 2 and 3: output dims that follow the batch become B. SpecError if the model rejects the spec."""
-    import torch
-
+    """Run the model at batch 2, then with one named dim changed at a time, then on other data of the same
+    shapes: an output dim that follows the batch becomes B, one that follows a named input dim takes its name,
+    one that changes with the data alone (nms, boolean masks) becomes a dim of its own (``N``, ``N1``...).
+    SpecError if the model rejects the spec."""
     from inferforge.data import generate_inputs
 
-    results = []
-    for batch in (2, 3):
-        args = [torch.from_numpy(a) for a in generate_inputs(spec, batch_size=batch, seed=batch).values()]
-        try:
-            with torch.inference_mode():
-                results.append(module.named_outputs(*args))
-        except Exception as exc:
-            specs = " ".join(str(s) for s in spec.inputs)
-            raise SpecError(f"{name} rejected inputs built from the spec {specs}: {one_line(exc)}. "
-                            "Check the --input names, dtypes and shapes against the model's forward()") from exc
+    named = list(dict.fromkeys(d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)))
+    base = _run_named(module, spec, generate_inputs(spec, batch_size=2, seed=2), name)
+    varied: dict[str, list[tuple[str, Any]]] = {}
+    for dim in named:
+        if dim == BATCH:
+            varied[dim] = _run_named(module, spec, generate_inputs(spec, batch_size=3, seed=3), name)
+            continue
+        example = next(d.example for s in spec.inputs for d in s.shape if isinstance(d, Dim) and d.name == dim)
+        bigger = replace(spec, inputs=tuple(replace(s, shape=tuple(
+            Dim(d.name, example + 1) if isinstance(d, Dim) and d.name == dim else d for d in s.shape))
+            for s in spec.inputs))
+        varied[dim] = _run_named(module, spec, generate_inputs(bigger, batch_size=2, seed=4), name)
+    other_data = _run_named(module, spec, generate_inputs(spec, batch_size=2, seed=5), name)
     outs = []
-    for (out_name, a), (_, b) in zip(results[0], results[1], strict=True):
-        shape = tuple(Dim(BATCH) if (da == 2 and db == 3) else int(da) for da, db in zip(a.shape, b.shape, strict=True))
-        outs.append(TensorSpec(out_name, canonical_dtype(str(a.dtype)), shape))
+    data_dims = 0
+    for i, (out_name, a) in enumerate(base):
+        shape: list[int | Dim] = []
+        for axis, size in enumerate(a.shape):
+            follows = [dim for dim in named if dim != BATCH and _size(varied[dim][i][1], axis) != size]
+            batch_size = _size(varied[BATCH][i][1], axis) if BATCH in varied else size
+            if _size(other_data[i][1], axis) == size and size == 2 and batch_size == 3:
+                shape.append(Dim(BATCH))
+            elif _size(other_data[i][1], axis) == size and follows:
+                shape.append(Dim(follows[0], int(size)))
+            elif _size(other_data[i][1], axis) != size or batch_size != size:  # data-dependent, or B times more
+                shape.append(Dim("N" if data_dims == 0 else f"N{data_dims}", int(size)))
+                data_dims += 1
+            else:
+                shape.append(int(size))
+        outs.append(TensorSpec(out_name, canonical_dtype(str(a.dtype)), tuple(shape)))
     return tuple(outs)
+
+
+def _size(tensor: Any, axis: int) -> int | None:
+    return int(tensor.shape[axis]) if axis < tensor.dim() else None
+
+
+def _run_named(module: Any, spec: ModelSpec, inputs: Mapping[str, np.ndarray], name: str) -> list[tuple[str, Any]]:
+    import torch
+
+    args = [torch.from_numpy(a) for a in inputs.values()]
+    try:
+        with torch.inference_mode():
+            return module.named_outputs(*args)
+    except Exception as exc:
+        specs = " ".join(str(s) for s in spec.inputs)
+        raise SpecError(f"{name} rejected inputs built from the spec {specs}: {one_line(exc)}. "
+                        "Check the --input names, dtypes and shapes against the model's forward()") from exc
 
 
 def _from_torchscript(path: Path, overrides: list[TensorSpec], examples: Any, name: str | None) -> ModelSource:

@@ -8,15 +8,17 @@ distributions are always reported so noise can be told from a bug.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from inferforge.data import Dataset
-from inferforge.types import ModelSpec
+from inferforge.errors import SpecError
+from inferforge.types import ModelSpec, Precision
 
 
 class Task(StrEnum):
@@ -33,6 +35,32 @@ class AccuracyBudget:
     max_accuracy_drop: float = 0.01
     min_cosine: float = 0.99
     min_top1_agreement: float = 0.99
+
+    # Each figure's allowed values as (low, high, low included): a fraction, where a cosine of 0 or below would
+    # pass any candidate, however wrong. The CLI and the Python API are both held to these.
+    RANGES: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "max_accuracy_drop": (0.0, 1.0, True),
+        "min_cosine": (0.0, 1.0, False),
+        "min_top1_agreement": (0.0, 1.0, True),
+    }
+
+    def __post_init__(self) -> None:
+        """Refuse a budget that means nothing (a cosine of 1.5, a 99-point drop written as 99) when it is made,
+        not after an hour of builds judged against it."""
+        problems = [_range_problem(f.name, getattr(self, f.name), *self.RANGES[f.name]) for f in fields(self)]
+        if any(problems):
+            raise SpecError("accuracy budget: " + "; ".join(p for p in problems if p)
+                            + " (each is a fraction: 0.99, not 99; a 1% drop is 0.01)")
+
+
+def _range_problem(name: str, value: object, low: float, high: float, low_included: bool) -> str:
+    """'' when ``value`` lies in the range, else what came and the range expected."""
+    shown = f"{'[' if low_included else '('}{low:g}, {high:g}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{name} must be a number in {shown}, got {value!r}"
+    number = float(value)
+    inside = (low <= number if low_included else low < number) and number <= high  # NaN is never inside
+    return "" if inside else f"{name} must be in {shown}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -112,45 +140,97 @@ def resolve_task(task: Task, dataset: Dataset) -> Task:
 
 
 def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], spec: ModelSpec,
-            dataset: Dataset, task: Task, budget: AccuracyBudget) -> AccuracyReport:
-    """Compare every output; check the budget on the figure the task calls for."""
+            dataset: Dataset, task: Task, budget: AccuracyBudget,
+            precision: Precision | str | None = None) -> AccuracyReport:
+    """Compare every output; check the budget on the figure the task calls for.
+
+    ``precision``: what the candidate computes in, when known, so that an output that underflowed to ~0
+    is explained with that precision's range instead of a bare cosine of 0.
+    """
     task = resolve_task(task, dataset)
     outputs = []
     violations = []
+    vanished: dict[str, str] = {}  # output -> why it is ~0, used in place of the figure that failed
     for out in spec.outputs:
         ref = reference[out.name].astype(np.float64)
         got = candidate[out.name].astype(np.float64)
         if ref.shape != got.shape:
             violations.append(f"output {out.name} has shape {list(got.shape)}, reference {list(ref.shape)}")
             continue
-        if not np.all(np.isfinite(got)) and np.all(np.isfinite(ref)):
-            violations.append(f"output {out.name} has NaN or Inf where the reference is finite")
+        bad = int(np.count_nonzero(~np.isfinite(got)))
+        if bad and np.all(np.isfinite(ref)):
+            violations.append(f"output {out.name} has {bad} NaN or Inf values (of {got.size}) where the reference "
+                              "is finite")
+        underflow = _underflow(out.name, ref, got, precision)
+        if underflow:
+            vanished[out.name] = underflow
         is_scores = task is Task.CLASSIFY and out is spec.outputs[0]
         outputs.append(output_agreement(out.name, ref, got, is_scores, out.batch_axis == 0))
     accuracy = reference_accuracy = None
+    first = spec.outputs[0].name if spec.outputs else ""
     if task is Task.CLASSIFY and dataset.labels is not None and outputs:
-        first = spec.outputs[0].name
         reference_accuracy = _accuracy(reference[first], dataset.labels)
         accuracy = _accuracy(candidate[first], dataset.labels)
         decided_by = "accuracy drop"
         drop = reference_accuracy - accuracy
         if drop > budget.max_accuracy_drop:
-            violations.append(f"accuracy drop {drop * 100:.2f} points > budget {budget.max_accuracy_drop * 100:.2f} "
+            violations.append(vanished.get(first) or
+                              f"accuracy drop {drop * 100:.2f} points > budget {budget.max_accuracy_drop * 100:.2f} "
                               f"({accuracy * 100:.2f}% vs {reference_accuracy * 100:.2f}%)")
     elif task is Task.CLASSIFY and outputs:
         decided_by = "top-1 agreement"
         agreement = outputs[0].top1_agreement or 0.0
         if agreement < budget.min_top1_agreement:
-            violations.append(f"top-1 agreement {_below(agreement, budget.min_top1_agreement)} "
+            violations.append(vanished.get(first) or f"top-1 agreement {_below(agreement, budget.min_top1_agreement)} "
                               f"< budget {budget.min_top1_agreement}")
     else:
         decided_by = "cosine similarity"
         for o in outputs:
             if o.cosine_mean < budget.min_cosine:
-                violations.append(f"output {o.name}: mean cosine {_below(o.cosine_mean, budget.min_cosine)} "
-                                  f"< budget {budget.min_cosine}")
+                violations.append(vanished.get(o.name) or f"output {o.name}: mean cosine "
+                                  f"{_below(o.cosine_mean, budget.min_cosine)} < budget {budget.min_cosine}")
     return AccuracyReport(len(dataset), dataset.origin, tuple(outputs), decided_by, accuracy, reference_accuracy,
                           tuple(violations))
+
+
+# The smallest normal number of each floating precision (2**-14, 2**-126, 2**-6): a value far below it
+# rounds to 0. TF32 and BF16 keep FP32's exponent range; INT8's range depends on its scales.
+SMALLEST_NORMAL: dict[Precision, tuple[str, float]] = {
+    Precision.FP32: ("float32", 2.0**-126), Precision.TF32: ("tf32", 2.0**-126),
+    Precision.BF16: ("bfloat16", 2.0**-126), Precision.FP16: ("float16", 2.0**-14),
+    Precision.FP8: ("float8 e4m3", 2.0**-6),
+}
+VANISHED = 1e-3  # a candidate output whose norm is below this fraction of the reference's has collapsed to ~0
+TINY_OUTPUT = 1e-3  # a reference whose largest |value| is below this (or the precision's smallest normal) is tiny
+
+
+def _underflow(name: str, ref: np.ndarray, got: np.ndarray, precision: Precision | str | None) -> str:
+    """Why ``got`` is ~0, when the likely cause is that the reference's values are too small to represent
+    ('' otherwise): a cosine of 0 against such outputs says nothing about the backend, but a lot about the
+    model (random or badly scaled weights)."""
+    if got.size == 0 or not np.all(np.isfinite(got)) or not np.all(np.isfinite(ref)):
+        return ""
+    ref_norm, got_norm = float(np.linalg.norm(ref)), float(np.linalg.norm(got))
+    if ref_norm == 0 or got_norm > VANISHED * ref_norm:
+        return ""
+    label, normal = _precision_range(precision)
+    ref_max = float(np.abs(ref).max())
+    if ref_max >= max(TINY_OUTPUT, normal):
+        return ""
+    below = f" (below {label}'s smallest normal {normal:.1e})" if label and ref_max < normal else ""
+    return (f"output {name} underflows: the candidate's values are ~0 while max |ref| = {ref_max:.1e}{below}; "
+            f"the model's outputs are too small for {label or 'this precision'} — random weights?")
+
+
+def _precision_range(precision: Precision | str | None) -> tuple[str, float]:
+    """The precision's name and smallest normal number (0 when it has none, or is unknown)."""
+    if precision is None:
+        return "", 0.0
+    try:
+        known = Precision(precision)
+    except ValueError:
+        return str(precision), 0.0
+    return SMALLEST_NORMAL.get(known, (known.value, 0.0))
 
 
 def output_agreement(name: str, ref: np.ndarray, got: np.ndarray, is_scores: bool, batched: bool) -> OutputAgreement:
@@ -176,11 +256,12 @@ def output_agreement(name: str, ref: np.ndarray, got: np.ndarray, is_scores: boo
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-row cosine similarity; two all-zero rows agree perfectly (cosine 1)."""
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    dots = np.sum(a * b, axis=1)
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    """Per-row cosine similarity; two all-zero rows agree perfectly (cosine 1); a row with NaN or Inf is NaN
+    (the NaN/Inf count reports it, without a warning from numpy)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        dots = np.sum(a * b, axis=1)
+        both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
         cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
     return np.where(both_zero, 1.0, cos)
 

@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
@@ -32,6 +32,10 @@ PACKAGE = "model.pt2"
 class AotInductorBackend(TorchBackend):
     name = "aoti"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
+    export_formats = frozenset({"aoti"})
+
+    def search_order(self, config: BuildConfig) -> int:
+        return SEARCH_ORDER["compiles"]
     refusals = {SourceKind.TORCHSCRIPT: "AOTInductor compiles torch.export programs, not TorchScript"}
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:

@@ -21,6 +21,13 @@ from inferforge.data import Dataset
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision, check_inputs, numpy_dtype
 
+# Search order bands (Backend.search_order): below PROTECTED_ORDER a candidate is the reference or the portable
+# fallback, built first and never skipped by the time budget.
+SEARCH_ORDER = {"reference": 0, "fallback": 5, "likely": 10, "default": 30, "compiles": 50, "slow": 80}
+PROTECTED_ORDER = 10
+# What ``inferforge export`` writes: a file a runtime without Python loads (LibTorch, AOTInductor, ONNX Runtime).
+EXPORT_FORMATS = ("torchscript", "aoti", "onnx")
+
 
 @dataclass(frozen=True)
 class NoOptions:
@@ -146,6 +153,15 @@ class Backend(ABC):
     devices: ClassVar[frozenset[str]] = frozenset({"cpu"})  # where its artifacts run
     # Why a source kind outside ``accepts`` is refused, where a plainer reason than "does not take" helps.
     refusals: ClassVar[Mapping[SourceKind, str]] = {}
+    # Loading its artifact imports and runs the model's own Python code: ``load`` needs the user's consent.
+    runs_user_code: ClassVar[bool] = False
+    # Its FP32 CPU artifact runs on any CPU with this Python package alone (no compiled code, no ISA tie):
+    # every package keeps one such artifact, and a GPU search builds one as the CPU fallback.
+    portable: ClassVar[bool] = False
+    # Formats ``inferforge export`` copies from its FP32 CPU artifact as they are ("torchscript", "aoti", "onnx").
+    export_formats: ClassVar[frozenset[str]] = frozenset()
+    # Its artifact keeps the FP32 torch.export program (model.pt2), which export converts to any format.
+    keeps_program: ClassVar[bool] = False
 
     def configs(self, device: str) -> list[BuildConfig]:
         """The candidates this backend proposes for a device (available or not: the search asks)."""
@@ -155,6 +171,17 @@ class Backend(ABC):
         """Whether ``build`` reads calibration samples for this config: the search loads them (and warns when
         only generated inputs are at hand) only if some candidate does."""
         return config.precision is Precision.INT8
+
+    def search_order(self, config: BuildConfig) -> int:
+        """When the search tries this candidate: lower first. Under a time budget the cheap and likely winners
+        go first and the slow builds last (``SEARCH_ORDER``); the reference and the portable fallback come
+        before everything (``PROTECTED_ORDER``) and are never skipped."""
+        return SEARCH_ORDER["default"]
+
+    def retry_after_failure(self, config: BuildConfig, reason: str) -> BuildConfig | None:
+        """Another config worth trying after ``config`` failed with ``reason`` (e.g. autocast where casting
+        the weights broke the module), or None."""
+        return None
 
     def thorough_configs(self, device: str) -> list[BuildConfig]:
         """Candidates that take minutes to build and measured no faster on the models tried, proposed only

@@ -6,9 +6,11 @@ user's Python code and without unpickling anything.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
@@ -22,18 +24,42 @@ from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
 PROGRAM = "model.pt2"
+# A failure this names is a module that builds its own FP32 tensors beside cast weights (an RNN's hidden
+# state, an FFT's buffer): the same precision under torch.autocast, weights left FP32, may still work.
+_DTYPE_CLASH = ("dtype", "scalar type", "same type", "expected both", "Half", "BFloat16")
+
+
+@dataclass(frozen=True)
+class EagerOptions:
+    """``autocast``: keep FP32 weights and run FP16/BF16 under torch.autocast instead of casting the module."""
+
+    autocast: bool = False
 
 
 class EagerBackend(TorchBackend):
     name = "eager"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     refusals = {SourceKind.TORCHSCRIPT: "a TorchScript model runs as the torchscript candidate"}
+    portable = True
+    keeps_program = True
+    options_type = EagerOptions
+
+    def retry_after_failure(self, config: BuildConfig, reason: str) -> BuildConfig | None:
+        if (config.precision in (Precision.FP16, Precision.BF16) and not config.options.autocast
+                and any(word in reason for word in _DTYPE_CLASH)):
+            return replace(config, options=EagerOptions(autocast=True))
+        return None
+
+    def search_order(self, config: BuildConfig) -> int:
+        if config.precision is Precision.FP32:
+            return SEARCH_ORDER["reference"]  # the reference on the target device, and the CPU fallback
+        return SEARCH_ORDER["likely"] if config.device == "cuda" else SEARCH_ORDER["default"]
 
     def configs(self, device: str) -> list[BuildConfig]:
         precisions: tuple[Precision, ...] = (Precision.FP32, Precision.BF16)
         if device == "cuda":  # weights cast; TF32 keeps fp32 weights and uses the tensor cores' TF32 mode
             precisions = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16)
-        return [BuildConfig(self.name, p, device) for p in precisions]
+        return [BuildConfig(self.name, p, device, EagerOptions()) for p in precisions]
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
               calibration: Dataset | None = None) -> Artifact:
@@ -47,4 +73,16 @@ class EagerBackend(TorchBackend):
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         set_torch_threads(threads)
-        return TorchRunner(spec, artifact, load_placed(artifact, spec, PROGRAM))
+        if not artifact.config.options.autocast:
+            return TorchRunner(spec, artifact, load_placed(artifact, spec, PROGRAM))
+        import torch
+
+        config = replace(artifact.config, precision=Precision.FP32)  # placed with its FP32 weights
+        module = load_placed(replace(artifact, config=config), spec, PROGRAM)
+        dtype = torch.float16 if artifact.config.precision is Precision.FP16 else torch.bfloat16
+
+        def autocast(*args: Any) -> Any:
+            with torch.autocast(device_type=artifact.config.device, dtype=dtype):
+                return module(*args)
+
+        return TorchRunner(spec, artifact, autocast, cast_inputs=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.cuda_graphs import BUCKETS, GraphedBuckets
 from inferforge.backends.torch_common import (
     TorchBackend,
@@ -53,6 +53,13 @@ class InductorBackend(TorchBackend):
     name = "inductor"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     options_type = InductorOptions
+    keeps_program = True
+
+    def search_order(self, config: BuildConfig) -> int:
+        if config.options.mode != "default":
+            return SEARCH_ORDER["slow"]
+        # On a GPU, CUDA graphs over Inductor's kernels are the likely winner; on a CPU a long compile.
+        return SEARCH_ORDER["likely"] if config.device == "cuda" else SEARCH_ORDER["compiles"]
     refusals = {SourceKind.TORCHSCRIPT: "torch.compile cannot trace a TorchScript module"}
 
     def configs(self, device: str) -> list[BuildConfig]:

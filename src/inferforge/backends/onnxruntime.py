@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.data import Dataset
 from inferforge.environment import usable_cores, version_of
 from inferforge.errors import BuildError, one_line
@@ -83,6 +83,11 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED, SourceKind.TORCHSCRIPT, SourceKind.ONNX})
     options_type = OnnxRuntimeOptions
+    portable = True
+    export_formats = frozenset({"onnx"})
+
+    def search_order(self, config: BuildConfig) -> int:
+        return SEARCH_ORDER["fallback"] if config.precision is Precision.FP32 else SEARCH_ORDER["likely"]
 
     def __init__(self) -> None:
         self._memo = BuildMemo()
@@ -212,7 +217,10 @@ def _export(source: ModelSource, path: Path) -> str:
     """Export with the torch.export-based exporter, else the TorchScript-based one."""
     import torch
 
-    names: dict[str, Any] = {"input_names": source.spec.input_names, "output_names": source.spec.output_names}
+    # ONNX names every value once: an output named like an input (nms returning "boxes") gets a suffix. The
+    # runner reads outputs by position, so the spec's names stay what callers see.
+    outputs = [f"{n}.out" if n in source.spec.input_names else n for n in source.spec.output_names]
+    names: dict[str, Any] = {"input_names": source.spec.input_names, "output_names": outputs}
     errors = []
     if source.kind is not SourceKind.TORCHSCRIPT:
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.onnxruntime import _quiet
 from inferforge.data import Dataset
 from inferforge.environment import native_bf16_reason, usable_cores, version_of
@@ -53,6 +53,9 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED, SourceKind.TORCHSCRIPT, SourceKind.ONNX})
     options_type = OpenVinoOptions
+
+    def search_order(self, config: BuildConfig) -> int:
+        return SEARCH_ORDER["likely"] + (3 if config.precision is Precision.INT8 else 0)  # NNCF calibrates
 
     def configs(self, device: str) -> list[BuildConfig]:
         """FP32, BF16 (where the CPU has it) and INT8 with the latency hint, and no throughput-hint variant:

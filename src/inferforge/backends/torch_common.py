@@ -136,7 +136,7 @@ def export_placed(source: ModelSource, config: BuildConfig) -> Any:
     if dtype is not None:
         args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
     # The program's module takes the inputs as separate arguments: one dynamic-shape entry each.
-    return torch.export.export(module, args, dynamic_shapes=export_dynamic_shapes(source.spec), strict=False)
+    return torch.export.export(module, args, dynamic_shapes=export_dynamic_shapes(source.spec, source.dim_ranges), strict=False)
 
 
 def load_placed(artifact: Artifact, spec: ModelSpec, program_file: str) -> Any:
@@ -181,12 +181,14 @@ class TorchRunner(Runner):
     native = "torch"
 
     def __init__(self, spec: ModelSpec, artifact: Artifact, fn: Any, clone_outputs: bool = False,
-                 channels_last: bool | None = None) -> None:
+                 channels_last: bool | None = None, cast_inputs: bool = True) -> None:
         super().__init__(spec, artifact)
         import torch
 
         self._fn = fn
-        self._compute_dtype = compute_dtype(artifact.config.precision, artifact.config.device)
+        # cast_inputs=False: ``fn`` takes FP32 inputs and chooses its own precision (torch.autocast).
+        self._compute_dtype = compute_dtype(artifact.config.precision, artifact.config.device) if cast_inputs \
+            else None
         self._clone = clone_outputs
         self._channels_last = wants_channels_last(spec, self.device) if channels_last is None else channels_last
         self._torch = torch

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from inferforge.backends.aoti import AotInductorBackend, compile_package, vector_isa
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.data import Dataset
 from inferforge.environment import cpu_flags, version_of
 from inferforge.errors import BuildError, Unavailable, one_line
@@ -72,6 +72,9 @@ class TorchInt8Backend(Backend):
     name = "torch-int8"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
     options_type = TorchInt8Options
+
+    def search_order(self, config: BuildConfig) -> int:
+        return SEARCH_ORDER["slow"]  # quantize, then an AOTInductor compile with freezing: minutes
     refusals = {SourceKind.TORCHSCRIPT: "PT2E quantizes torch.export programs; TorchScript cannot be exported"}
 
     def configs(self, device: str) -> list[BuildConfig]:
@@ -304,7 +307,7 @@ def _export(module: Any, source: ModelSource) -> Any:
     import torch
 
     args = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())
-    return torch.export.export(module, args, dynamic_shapes=(export_dynamic_shapes(source.spec),), strict=False)
+    return torch.export.export(module, args, dynamic_shapes=(export_dynamic_shapes(source.spec, source.dim_ranges),), strict=False)
 
 
 def _package_disagrees(program: Any, out_dir: Path, source: ModelSource, calibration: Dataset | None) -> str:

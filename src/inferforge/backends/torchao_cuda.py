@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.cuda_graphs import BUCKETS
 from inferforge.backends.inductor import InductorOptions, compile_module, graphed_runner
 from inferforge.backends.torch_common import (
@@ -74,6 +74,9 @@ class TorchaoCudaBackend(TorchBackend):
     refusals = {SourceKind.EXPORTED: "torchao quantizes nn.Linear modules; an exported program has none left",
                 SourceKind.TORCHSCRIPT: "torchao quantizes nn.Linear modules, not TorchScript"}
     options_type = TorchaoOptions
+
+    def search_order(self, config: BuildConfig) -> int:
+        return SEARCH_ORDER["slow"]  # FP8/INT8 GPU compiles took minutes and lost to FP16 so far
     devices = frozenset({"cuda"})
 
     def configs(self, device: str) -> list[BuildConfig]:
@@ -114,7 +117,7 @@ class TorchaoCudaBackend(TorchBackend):
         args = tuple(a.to("cuda") for a in source.export_args())
         args = tuple(a.to(torch.bfloat16) if a.is_floating_point() else a for a in args)
         with torch.no_grad():  # not inference_mode: export cannot trace torchao's subclasses on inference tensors
-            program = torch.export.export(module, args, dynamic_shapes=(export_dynamic_shapes(source.spec),),
+            program = torch.export.export(module, args, dynamic_shapes=(export_dynamic_shapes(source.spec, source.dim_ranges),),
                                           strict=False)
         torch.export.save(program, str(out_dir / PROGRAM))
         requires = {**torch_requirement(same_series=True), **device_requirement(config)}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.backends.base import Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import TorchRunner, set_torch_threads
 from inferforge.data import Dataset, generate_inputs
 from inferforge.errors import BuildError, one_line
@@ -31,6 +31,11 @@ _RTOL, _ATOL = 1e-3, 1e-4
 class TorchScriptBackend(Backend):
     name = "torchscript"
     accepts = frozenset({SourceKind.TORCH, SourceKind.TORCHSCRIPT, SourceKind.EXPORTED})
+    portable = True
+    export_formats = frozenset({"torchscript"})
+
+    def search_order(self, config: BuildConfig) -> int:
+        return SEARCH_ORDER["likely"] + 5  # builds in seconds; after the runtimes that usually win on a CPU
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
               calibration: Dataset | None = None) -> Artifact:

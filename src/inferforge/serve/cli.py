@@ -41,6 +41,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    if args.trust_source:  # read by package.load, here and in every instance process the server starts
+        from inferforge.package import TRUST_SOURCE_ENV
+
+        os.environ[TRUST_SOURCE_ENV] = "1"
     config = config_from_args(args)
     configure_logging(getattr(logging, args.log_level.upper()))
     if args.ray:
