@@ -60,17 +60,17 @@ def test_a_corrupt_entry_is_rebuilt_not_used(tmp_path: Path) -> None:
     assert all(c.status is Status.PASSED for c in _built(again))
 
 
-def test_time_budget_runs_the_first_candidate_and_skips_the_rest_saying_why(tmp_path: Path) -> None:
-    result = _optimize("models:make_mlp", tmp_path, time_budget_s=1e-6)
-    first, *rest = [c for c in result.search.candidates if c.config.backend in BACKENDS]
+def test_time_budget_runs_the_reference_and_fallback_and_skips_the_rest_saying_why(tmp_path: Path) -> None:
+    result = inferforge.optimize("models:make_mlp", options=fast_options(backends=BACKENDS, cache_dir=tmp_path,
+                                                                         time_budget_s=1e-6))
     statuses = {c.key: c.status for c in result.search.candidates}
-    assert list(statuses.values()).count(Status.PASSED) == 1, result.leaderboard()
+    assert statuses["eager-fp32"] is Status.PASSED and statuses["onnxruntime-fp32"] is Status.PASSED
     skipped = [c for c in result.search.candidates if c.status is Status.SKIPPED]
-    assert skipped and all("time budget of 1e-06 s was spent" in c.reason for c in skipped)
-    assert result.best is not None
+    assert {c.key for c in skipped} >= {"onnxruntime-int8-mode-dynamic", "onnxruntime-int8-mode-static"}
+    assert all("time budget of 1e-06 s was spent" in c.reason for c in skipped if c.key.startswith("onnxruntime"))
 
 
 def test_cli_refuses_a_nonpositive_time_budget(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).parent)
     assert main(["optimize", "models.py:make_mlp", "--time-budget", "0"]) == 2
-    assert "--time-budget must be a positive number of seconds" in capsys.readouterr().err
+    assert "time_budget_s must be a positive number of seconds" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def _check(backend: str, config: BuildConfig, factory: str, tmp_path: Path, batc
     assert runner.device == "cuda"
     rng = np.random.default_rng(7)
     for batch in batches:  # fresh random inputs at several sizes, compared with the FP32 CPU module
-        inputs = {s.name: rng.standard_normal((batch, *s.shape[1:])).astype(np.float32) for s in source.spec.inputs}
+        inputs = {s.name: rng.standard_normal(s.concrete_shape(batch)).astype(np.float32) for s in source.spec.inputs}
         name = source.spec.outputs[0].name
         with torch.inference_mode():
             want = dict(source.module.named_outputs(*[torch.from_numpy(v) for v in inputs.values()]))[name]

@@ -214,3 +214,21 @@ def test_gpu_int8_without_calibration_reads_none(monkeypatch: pytest.MonkeyPatch
     cpu = SearchOptions(backends=("onnxruntime",), precisions=("int8",))
     with pytest.raises(AssertionError, match="calibration samples were read"):
         api._calibration(None, None, source, data, cpu)
+
+
+def test_every_package_keeps_a_portable_fallback_and_an_artifact_for_each_export_format(tmp_path: Path) -> None:
+    from inferforge.export import export_package
+    from inferforge.package import read_manifest
+
+    result = inferforge.optimize("models:make_cnn", out=tmp_path / "p", fallbacks=0,
+                                 options=fast_options(backends=("eager", "torchscript", "onnxruntime", "openvino")))
+    assert result.package is not None
+    entries = read_manifest(result.package)["artifacts"]
+    configs = [e["config"] for e in entries]
+    assert any(c["device"] == "cpu" and c["precision"] == "fp32" and c["backend"] != "source" for c in configs)
+    backends = {c["backend"] for c in configs}
+    assert "torchscript" in backends and "onnxruntime" in backends  # copied as they are by export
+    assert backends & {"eager", "inductor"}  # a torch.export program: aoti is converted from it
+    for fmt in ("torchscript", "onnx"):
+        exported = export_package(result.package, fmt, tmp_path / fmt)
+        assert exported.how == "copied" and (tmp_path / fmt / exported.file).is_file()

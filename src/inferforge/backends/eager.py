@@ -45,7 +45,7 @@ class EagerBackend(TorchBackend):
     options_type = EagerOptions
 
     def retry_after_failure(self, config: BuildConfig, reason: str) -> BuildConfig | None:
-        if (config.precision in (Precision.FP16, Precision.BF16) and not config.options.autocast
+        if (config.precision in (Precision.FP16, Precision.BF16) and not getattr(config.options, "autocast", False)
                 and any(word in reason for word in _DTYPE_CLASH)):
             return replace(config, options=EagerOptions(autocast=True))
         return None
@@ -73,7 +73,7 @@ class EagerBackend(TorchBackend):
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         set_torch_threads(threads)
-        if not artifact.config.options.autocast:
+        if not getattr(artifact.config.options, "autocast", False):  # a bare BuildConfig carries NoOptions
             return TorchRunner(spec, artifact, load_placed(artifact, spec, PROGRAM))
         import torch
 

@@ -71,6 +71,9 @@ class PythonSourceBackend(TorchBackend):
                     "'package.module:factory'): there is no code to package")
         if importlib.util.find_spec("safetensors") is None:
             return "safetensors is not installed (pip install safetensors)"
+        if config.options.compile and _captures(source):
+            return ("not needed: torch.export captures this model whole, so the inductor candidates compile it "
+                    "without graph breaks")
         return None
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
@@ -122,6 +125,15 @@ class PythonSourceBackend(TorchBackend):
         if config.precision in (Precision.FP16, Precision.BF16):
             fn = _autocast(fn, config.device, torch.float16 if config.precision is Precision.FP16 else torch.bfloat16)
         return TorchRunner(spec, artifact, fn, cast_inputs=False)
+
+
+def _captures(source: ModelSource) -> bool:
+    """Whether torch.export takes the model (its program is cached on the source, so this costs one export)."""
+    try:
+        source.exported_program()
+    except Exception:
+        return False
+    return True
 
 
 def _autocast(fn: Any, device: str, dtype: Any) -> Any:
