@@ -20,14 +20,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from zoo import ZOO, ZOO_FILE, ZooModel
+from zoo import ZOO, ZOO_FILE, ZooModel, mismatch
 
 import inferforge
 from inferforge.backends.base import BuildConfig
@@ -46,9 +46,7 @@ ZOO_BENCH = BenchSettings(batch_sizes=(1,), warmup_runs=1, min_runs=2, max_runs=
 FRESH_BATCHES = (1, 3)
 FRESH_SEEDS = (11, 12)  # one odd, one even: zoo.py's convention for reaching both sides of a branch
 # FP32 picks: what load() gives must match eager this closely (atol scales with the output's magnitude).
-RTOL, ATOL = 1e-3, 1e-4
 # Other precisions (GPU picks): relative L2 error per output, as loose as the search's own probes.
-REL_L2 = {"tf32": 1e-2, "fp16": 3e-2, "bf16": 6e-2}
 
 # name (or name@cuda) -> (package, whether loading it needs trust_source), filled by the tests below and
 # loaded in one fresh process at the end.
@@ -101,31 +99,6 @@ class Eager:
         with torch.inference_mode():
             result = self.module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
         return {name: t.detach().cpu().numpy() for name, t in flatten_outputs(result)}
-
-
-def mismatch(got: Mapping[str, Any], want: Mapping[str, np.ndarray], canonical: Callable | None,
-             precision: str = "fp32") -> str | None:
-    """Why ``got`` does not match eager's ``want`` (None when it does)."""
-    got = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in got.items()}
-    if list(got) != list(want):
-        return f"outputs {list(got)}, eager's {list(want)}"
-    if canonical is not None:
-        got, want = canonical(got), canonical(dict(want))
-    for name, w in want.items():
-        g = got[name]
-        if g.shape != w.shape:
-            return f"output {name} has shape {list(g.shape)}, eager's {list(w.shape)}"
-        g64, w64 = g.astype(np.float64), w.astype(np.float64)
-        if precision in REL_L2:
-            norm = np.linalg.norm(w64)
-            error = float(np.linalg.norm(g64 - w64) / norm) if norm > 0 else float(np.linalg.norm(g64))
-            if not error <= REL_L2[precision]:
-                return f"output {name}: relative L2 error {error:.3g} > {REL_L2[precision]} ({precision})"
-            continue
-        scale = max(1.0, float(np.abs(w64).max(initial=0.0)))
-        if not np.allclose(g64, w64, rtol=RTOL, atol=ATOL * scale):
-            return f"output {name} differs from eager by up to {float(np.abs(g64 - w64).max()):.3g}"
-    return None
 
 
 def search_summary(result: inferforge.api.OptimizeResult) -> str:

@@ -754,3 +754,34 @@ ZOO: dict[str, ZooModel] = {
         "odd dynamic sizes",
         fresh_depthwise, inputs=("image:float32[B,16,H=12,W=10]",), dynamic={"H": (7, 15), "W": (9, 20)}),
 }
+
+
+# How close a loaded artifact must come to eager on fresh inputs: FP32 elementwise, lower precisions by
+# relative L2 error (the test and benchmarks/zoo.py judge alike).
+RTOL, ATOL = 1e-3, 1e-4
+REL_L2 = {"tf32": 1e-2, "fp16": 3e-2, "bf16": 6e-2, "fp8": 0.25, "int8": 0.25}
+
+
+def mismatch(got: Mapping[str, Any], want: Mapping[str, np.ndarray], canonical: Callable | None,
+             precision: str = "fp32") -> str | None:
+    """Why ``got`` does not match eager's ``want`` (None when it does)."""
+    got = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in got.items()}
+    if list(got) != list(want):
+        return f"outputs {list(got)}, eager's {list(want)}"
+    if canonical is not None:
+        got, want = canonical(got), canonical(dict(want))
+    for name, w in want.items():
+        g = got[name]
+        if g.shape != w.shape:
+            return f"output {name} has shape {list(g.shape)}, eager's {list(w.shape)}"
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        if precision in REL_L2:
+            norm = np.linalg.norm(w64)
+            error = float(np.linalg.norm(g64 - w64) / norm) if norm > 0 else float(np.linalg.norm(g64))
+            if not error <= REL_L2[precision]:
+                return f"output {name}: relative L2 error {error:.3g} > {REL_L2[precision]} ({precision})"
+            continue
+        scale = max(1.0, float(np.abs(w64).max(initial=0.0)))
+        if not np.allclose(g64, w64, rtol=RTOL, atol=ATOL * scale):
+            return f"output {name} differs from eager by up to {float(np.abs(g64 - w64).max()):.3g}"
+    return None

@@ -260,6 +260,19 @@ def absolute_ref(ref: str) -> str:
     return f"{Path(module_ref).resolve()}:{attr}" if module_ref.endswith(".py") else ref
 
 
+def import_file(file: Path, module_name: str, *, fresh: bool = False) -> Any:
+    """Execute a Python file as the module ``module_name``; a second call returns the same module unless
+    ``fresh`` (the user's file may have changed since: their factory is always read anew)."""
+    if module_name in sys.modules and not fresh:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def resolve_callable(ref: str, what: str) -> Callable[..., Any]:
     """Import ``path/to/file.py:fn`` or ``package.module:fn``; raise SourceError on any failure."""
     module_ref, sep, attr = ref.rpartition(":")
@@ -270,12 +283,7 @@ def resolve_callable(ref: str, what: str) -> Callable[..., Any]:
             file = Path(module_ref)
             if not file.is_file():
                 raise SourceError(f"{what} {ref!r}: file {module_ref} does not exist")
-            mod_name = f"_inferforge_user_{file.stem}_{abs(hash(file.resolve()))}"
-            spec = importlib.util.spec_from_file_location(mod_name, file)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
+            module = import_file(file, f"_inferforge_user_{file.stem}_{abs(hash(file.resolve()))}", fresh=True)
         else:
             module = importlib.import_module(module_ref)
     except SourceError:

@@ -20,7 +20,6 @@ import importlib
 import importlib.util
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner
 from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
 from inferforge.data import Dataset
 from inferforge.errors import BuildError, SourceError, one_line
-from inferforge.source import ModelSource, SourceKind
+from inferforge.source import ModelSource, SourceKind, import_file
 from inferforge.types import ModelSpec, Precision
 
 WEIGHTS = "weights.safetensors"
@@ -152,14 +151,7 @@ def _call_packaged_factory(directory: Path, recipe: dict[str, Any]) -> Any:
         if "file" in recipe:
             file = directory / recipe["file"]
             digest = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
-            name = f"_inferforge_packaged_{file.stem}_{digest}"
-            module = sys.modules.get(name)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(name, file)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                spec.loader.exec_module(module)
+            module = import_file(file, f"_inferforge_packaged_{file.stem}_{digest}")
         else:
             module = importlib.import_module(recipe["module"])
         made = getattr(module, recipe["factory"])()
