@@ -7,7 +7,9 @@ perfectly and is wrong elsewhere. So the search makes its own probes: other batc
 each dynamic dim at other sizes, the data's float inputs negated and scaled, integer
 inputs at both ends of their range. The reference (eager) runs each once; a probe the
 reference itself cannot run, or answers with NaN, is dropped. A candidate whose error on
-a probe is far beyond what its precision explains is rejected, naming the probe.
+a probe is far beyond what its precision explains is rejected, naming the probe. Quantized
+candidates are held to the probes made of the user's own samples (other batch sizes and
+lengths): values the data does not hold measure their saturation, not a wrong branch.
 """
 
 from __future__ import annotations
@@ -41,41 +43,47 @@ class Probe:
     name: str  # what it varies, for the rejection message
     inputs: Mapping[str, np.ndarray]
     reference: Mapping[str, np.ndarray]  # eager's outputs
-    in_data_range: bool = True  # False: values moved outside the user's data (QUANTIZED candidates skip it)
+    in_data_range: bool = True  # False: values the user's data does not hold (QUANTIZED candidates skip it)
 
 
 def make_probes(spec: ModelSpec, dataset: Dataset, reference: Callable[[dict[str, np.ndarray]], dict[str, Any]],
                 dim_ranges: Mapping[str, tuple[int, int]] | None = None) -> list[Probe]:
     """Build the probe inputs and run the reference on them; drop those it cannot answer."""
-    candidates: list[tuple[str, dict[str, np.ndarray]]] = []
-    moved: set[str] = set()
+    in_range: list[tuple[str, dict[str, np.ndarray]]] = []  # the user's samples, at other batch sizes and lengths
+    moved: list[tuple[str, dict[str, np.ndarray]]] = []  # values the data does not hold
     for i, batch in enumerate(PROBE_BATCHES):
-        candidates.append((f"generated batch {batch}", generate_inputs(spec, batch, seed=900 + i)))
+        in_range.append((f"data batch {batch}", dataset.take(batch, start=i * 5)))
+        moved.append((f"generated batch {batch}", generate_inputs(spec, batch, seed=900 + i)))
+    sample = dataset.take(min(DATA_SAMPLES, len(dataset)))
     for dim, sizes in _other_dim_sizes(spec, dim_ranges or {}).items():
         for size in sizes:
-            varied = _with_example(spec, dim, size)
-            candidates.append((f"{dim}={size} (batch 2)", generate_inputs(varied, 2, seed=950 + size)))
-    sample = dataset.take(min(DATA_SAMPLES, len(dataset)))
-    for label, factor in FLOAT_VARIANTS:
-        changed = {s.name: (sample[s.name] * factor).astype(sample[s.name].dtype) if s.is_float else sample[s.name]
-                   for s in spec.inputs}
-        if any(s.is_float for s in spec.inputs):
-            candidates.append((f"the data's float inputs {label}", changed))
-            moved.add(candidates[-1][0])
+            in_range.append((f"the data at {dim}={size}", _resized(spec, sample, dim, size)))
+            moved.append((f"generated {dim}={size} (batch 2)",
+                          generate_inputs(_with_example(spec, dim, size), 2, seed=950 + size)))
+    if any(s.is_float for s in spec.inputs):
+        for label, factor in FLOAT_VARIANTS:
+            moved.append((f"the data's float inputs {label}", {
+                s.name: (sample[s.name] * factor).astype(sample[s.name].dtype) if s.is_float else sample[s.name]
+                for s in spec.inputs}))
+    rng = np.random.default_rng(990)
     for s in spec.inputs:
         if not s.is_float and s.dtype != "bool" and s.value_range is not None:
             for end, value in (("lowest", s.value_range[0]), ("highest", s.value_range[1])):
+                # Half the values at the end of the range, the rest as generated: an index at its limit,
+                # without an input made wholly of it (an all-zero attention mask is no sentence).
                 ends = dict(generate_inputs(spec, 2, seed=990))
-                ends[s.name] = np.full_like(ends[s.name], int(value))
-                candidates.append((f"{s.name} at its {end} value {int(value)}", ends))
+                ends[s.name] = np.where(rng.random(ends[s.name].shape) < 0.5, int(value), ends[s.name]).astype(
+                    ends[s.name].dtype)
+                moved.append((f"{s.name} with half its values at its {end} value {int(value)}", ends))
+    candidates = [(name, inputs, True) for name, inputs in in_range] + [(n, i, False) for n, i in moved]
     probes = []
-    for name, inputs in candidates:
+    for name, inputs, in_data_range in candidates:
         try:
             outputs = {k: _numpy(v) for k, v in reference(inputs).items()}
         except Exception:  # eager itself refuses this input: nothing to hold a candidate to
             continue
         if all(np.all(np.isfinite(v)) for v in outputs.values() if v.dtype.kind == "f"):
-            probes.append(Probe(name, inputs, outputs, name not in moved))
+            probes.append(Probe(name, inputs, outputs, in_data_range))
     return probes
 
 
@@ -126,6 +134,20 @@ def _other_dim_sizes(spec: ModelSpec, ranges: Mapping[str, tuple[int, int]]) -> 
                 picks = (max(lo, 2, d.example // 2 - 1), min(hi, 2 * d.example + 3))
                 sizes[d.name] = tuple(dict.fromkeys(p for p in picks if p != d.example))
     return sizes
+
+
+def _resized(spec: ModelSpec, sample: Mapping[str, np.ndarray], dim: str, size: int) -> dict[str, np.ndarray]:
+    """The data's samples with every axis named ``dim`` cut or cyclically extended to ``size``."""
+    from inferforge.source import resize_axis
+
+    out = {}
+    for s in spec.inputs:
+        value = sample[s.name]
+        for axis, d in enumerate(s.shape):
+            if isinstance(d, Dim) and d.name == dim:
+                value = resize_axis(value, axis, size)
+        out[s.name] = np.ascontiguousarray(value)
+    return out
 
 
 def _with_example(spec: ModelSpec, dim: str, size: int) -> ModelSpec:
