@@ -144,8 +144,10 @@ class OpenVinoBackend(Backend):
         batch = calibration.take(min(len(calibration), SENSITIVITY_SAMPLES))
         inputs = [batch[name] for name in source.spec.input_names]
         want, got = _port_values(core, reference, ports, inputs), _port_values(core, quantized, ports, inputs)
-        error = {key: float(np.linalg.norm(got[key] - want[key]) / (np.linalg.norm(want[key]) + 1e-12))
-                 for key in want.keys() & got.keys() if got[key].shape == want[key].shape}
+        # float64: some ports carry booleans or integers (masks, indices), which numpy will not subtract as such.
+        as_float = {key: (got[key].astype(np.float64), want[key].astype(np.float64))
+                    for key in want.keys() & got.keys() if got[key].shape == want[key].shape}
+        error = {key: float(np.linalg.norm(g - w) / (np.linalg.norm(w) + 1e-12)) for key, (g, w) in as_float.items()}
         added = {name: error.get((name, 0), 0.0) - max((error.get(p, 0.0) for p in producers[name]), default=0.0)
                  for name in targets}
         return sorted(targets, key=lambda name: -added[name])
