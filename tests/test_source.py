@@ -90,3 +90,25 @@ def test_example_inputs_become_arrays() -> None:
     source = load_source("models:make_cnn")
     assert isinstance(source.example_inputs["image"], np.ndarray)
     assert source.spec.input_names == ["image"]
+
+
+def test_a_length_eager_accepts_is_kept_dynamic_and_said(models_file: str) -> None:
+    source = load_source(f"{models_file}:make_two_inputs")
+    assert any("kept dynamic as S" in note for note in source.notes)
+    assert source.spec.outputs[1].shape == (Dim(BATCH), Dim("S", 7))  # extra.0 follows the length
+
+
+def test_image_sides_stay_fixed_and_the_note_gives_the_input_that_keeps_them_dynamic() -> None:
+    source = load_source("models:make_cnn")
+    assert source.spec.inputs[0].shape == (Dim(BATCH), 3, 16, 16)
+    assert any("--input image:float32[B,3,S=16,S=16]" in note for note in source.notes)
+
+
+def test_the_exporters_suggested_range_is_read() -> None:
+    from inferforge.source import suggested_dim_ranges
+    from inferforge.types import ModelSpec, TensorSpec
+
+    spec = ModelSpec((TensorSpec.parse("ids:int64[B,S=128]"),))
+    message = "Constraints violated (S)! ...\nSuggested fixes:\n  S = Dim('S', max=512)\n"
+    assert suggested_dim_ranges(message, spec) == {"S": (1, 512)}
+    assert suggested_dim_ranges("Suggested fixes:\n  S = 37\n", spec) == {}

@@ -85,6 +85,8 @@ def run_optimize(model: str, *, inputs: list[str], data: str | None, options: Se
                           calibration_pipeline=calibration_pipeline, **packaged)
     if not quiet:
         print_table(rich_leaderboard(result.search, f"{result.source.name}: validated on {result.dataset.origin}, {len(result.dataset)} samples"))
+        for note in result.search.notes:  # dims kept dynamic or frozen, export ranges applied, how candidates ran
+            print(f"note: {note}")
         if result.package:
             print(f"package: {result.package}")
             if (result.package / "report.html").is_file():

@@ -100,6 +100,7 @@ def report_json(result: SearchResult, dataset: Dataset, model_name: str) -> dict
         "validation_data": {"origin": dataset.origin, "samples": len(dataset), "labels": dataset.labels is not None},
         "picked": result.best.key if result.best else None,
         "candidates": [c.to_json() for c in result.candidates],
+        "notes": list(result.notes),
         "environment": fingerprint(),
     }
 
@@ -119,6 +120,7 @@ def report_markdown(result: SearchResult, dataset: Dataset, model_name: str) -> 
         f"min top-1 agreement {opts.budget.min_top1_agreement}",
         f"- machine: {env['cpu']} ({env['cores']} cores usable, {env['machine']}), {env['system']}, Python {env['python']}",
         f"- threads: {opts.threads}; batch sizes: {', '.join(map(str, opts.bench.batch_sizes))}",
+        *(f"- note: {note}" for note in result.notes),
         f"- libraries: {libs}",
         "",
         "## Leaderboard",

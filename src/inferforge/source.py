@@ -395,7 +395,8 @@ def detect_dynamic_dims(module: Any, spec: ModelSpec, arrays: Mapping[str, np.nd
             name = next(n for n in (f"S{i}" if i else "S" for i in range(len(taken) + 2)) if n not in taken)
             images = [(n, a) for n, a in group if _is_image(spec, n)]
             if images:
-                keep = " ".join(f"--input {_with_dim(spec, n, a, Dim(name, size))}" for n, a in images)
+                keep = " ".join(f"--input {_with_dim(spec, n, [a for m, a in images if m == n], Dim(name, size))}"
+                                for n in dict.fromkeys(n for n, _ in images))
                 notes.append(f"{', '.join(f'{n} axis {a}' for n, a in images)} accept other sizes than {size}, "
                              f"but the package is built for {size} only (image sides run fastest fixed); to keep "
                              f"them dynamic: {keep}")
@@ -414,9 +415,10 @@ def _is_image(spec: ModelSpec, name: str) -> bool:
     return s.is_float and len(s.shape) >= 4
 
 
-def _with_dim(spec: ModelSpec, name: str, axis: int, dim: Dim) -> str:
+def _with_dim(spec: ModelSpec, name: str, axes: list[int], dim: Dim) -> str:
+    """The input's spec string with ``axes`` made the dynamic ``dim``: the --input that keeps them dynamic."""
     s = next(s for s in spec.inputs if s.name == name)
-    return str(replace(s, shape=tuple(dim if i == axis else d for i, d in enumerate(s.shape))))
+    return str(replace(s, shape=tuple(dim if i in axes else d for i, d in enumerate(s.shape))))
 
 
 def _input_specs(examples: Any, overrides: list[TensorSpec], params: list[str]) -> tuple[list[TensorSpec], dict]:
