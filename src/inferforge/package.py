@@ -56,15 +56,16 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResul
         if found is not None and found not in chosen:
             chosen.append(found)
 
-    if not any(_portable(c) and not _runs_user_code(c) for c in chosen):
-        add_first(lambda c: _portable(c) and not _runs_user_code(c))
-    if not any(_portable(c) for c in chosen):
-        add_first(_portable)
+    # The export formats first: their artifacts (TorchScript, ONNX) are often the portable fallback too.
     for fmt in EXPORT_FORMATS:
         if not any(_gives(c, fmt) for c in chosen):
             add_first(partial(_gives, fmt=fmt))
     if not all(any(_gives(c, fmt) or _keeps_program(c) for c in chosen) for fmt in EXPORT_FORMATS):
         add_first(_keeps_program)
+    if not any(_portable(c) and not _runs_user_code(c) for c in chosen):
+        add_first(lambda c: _portable(c) and not _runs_user_code(c))
+    if not any(_portable(c) for c in chosen):
+        add_first(_portable)
     return chosen
 
 
