@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,8 +45,6 @@ class SourceRecipe:
 
 def source_recipe(source: ModelSource) -> SourceRecipe | None:
     """The recipe for ``source``, or None when a worker could not rebuild it (an object that does not pickle)."""
-    from dataclasses import replace
-
     plain = replace(source, module=None, _exported=None)
     if source.kind is SourceKind.ONNX or source.factory_ref is not None or source.path is not None:
         return SourceRecipe(plain, None)
@@ -57,8 +55,6 @@ def source_recipe(source: ModelSource) -> SourceRecipe | None:
 
 
 def rebuild_source(recipe: SourceRecipe) -> ModelSource:
-    from dataclasses import replace
-
     from inferforge.source import _make_flat_module, load_source, module_from_factory
 
     source = recipe.source
@@ -124,8 +120,6 @@ class IsolatedEvaluator:
     """Candidates in a spawned worker process, watched for crashes, deadlines and memory."""
 
     def __init__(self, context: SearchContext, recipe: SourceRecipe, report: Progress) -> None:
-        from dataclasses import replace
-
         self.context = context
         self._wire_context = replace(context, source=recipe.source)  # what pickles: no module
         self.recipe = recipe
