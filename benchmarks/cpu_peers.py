@@ -13,7 +13,9 @@ dynamic (``quantize_dynamic``) for the encoder. Then inferforge's FP32 pick (sea
 limited to FP32) and its overall pick (every precision, within the default accuracy
 budget), each loaded from its package as a user would deploy it. Every row is timed by
 the same function with the same settings, in this one process, and its accuracy is
-measured the same way on the same evaluation data.
+measured the same way on the same evaluation data. On each row every peer is timed in turns
+(bench.interleave: A B C ..., B C ... A, rounds of blocks of calls), and each inferforge pick is
+compared with the fastest peer round by round, with a 95% bootstrap interval on the ratio.
 
     .venv/bin/python benchmarks/cpu_peers.py [--models resnet50,mobilenetv3,minilm,digits] [--write docs/benchmarks.md]
 
@@ -39,14 +41,15 @@ import numpy as np
 import torch
 
 import inferforge
-from inferforge.bench import BenchSettings, LatencyStats, time_calls
+from inferforge.bench import BenchSettings, interleave, ratio_interval
 from inferforge.data import Dataset
 from inferforge.environment import cpu_model, usable_cores, version_of
 from inferforge.search import Objective, SearchOptions
 from inferforge.validate import AccuracyBudget, AccuracyReport, Task, collect_outputs, compare
 
-TIMING = {"warmup": 3, "min_runs": 20, "max_runs": 2000, "min_seconds": 3.0, "max_seconds": 20.0}
-TIMING_BIG = {"warmup": 1, "min_runs": 5, "max_runs": 2000, "min_seconds": 3.0, "max_seconds": 30.0}
+# Every row: all peers in turns, blocks of about 0.1 s, at least 12 rounds and 20 s (fewer rounds when a row's
+# peers are slow: bench.interleave stops at 3x the seconds).
+TIMING = BenchSettings(confirm_min_rounds=12, confirm_max_rounds=60, confirm_seconds=20.0, confirm_block_seconds=0.1)
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -226,7 +229,7 @@ def inferforge_pick(work: Workload, precisions: tuple[str, ...], threads: int, o
     print(result.leaderboard(), flush=True)
     if result.package is None:
         raise RuntimeError(f"{work.name}: no inferforge candidate passed for precisions {precisions or 'all'}")
-    runner = inferforge.load(out, threads=threads)
+    runner = inferforge.load(out)  # as a user deploys it: the threads the package's tuning chose
     key = runner.selection.key  # type: ignore[attr-defined]
     return Peer(runner, f"{key}; search {search_s:.0f} s")  # numpy in, numpy out, as the peers
 
@@ -238,11 +241,20 @@ class Row:
     model: str
     shape: str  # "bs1", "bs16 seq 128", ...
     peer: str
-    stats: LatencyStats
+    rounds: np.ndarray  # ms per call of each interleaved round, aligned with the other peers' of the row
     accuracy: str  # the figure the task is judged on, as text
     passed: bool
     note: str
     fp32_peer: bool
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.median(self.rounds))
+
+    @property
+    def spread(self) -> float:
+        """Coefficient of variation over the rounds."""
+        return float(np.std(self.rounds) / np.mean(self.rounds))
 
 
 def judge(run: Run, work: Workload, reference: dict[str, np.ndarray], spec: Any) -> AccuracyReport:
@@ -277,16 +289,26 @@ def bench_model(name: str, threads: int) -> list[Row]:
             except Exception as exc:
                 print(f"  {label} failed: {exc}", flush=True)
         reference = collect_outputs(candidates["eager fp32"].run, work.evaluation)
-        for label, peer in candidates.items():
-            report = judge(peer.run, work, reference, spec)
-            for shape, feed in work.timed.items():
-                batch = len(next(iter(feed.values())))
-                stats = time_calls(lambda run=peer.run, feed=feed: run(feed), batch,
-                                   **(TIMING if batch == 1 else TIMING_BIG))
-                rows.append(Row(name, shape, label, stats, describe(report), report.passed, peer.note, peer.fp32))
-                print(f"  {name} {shape} {label}: {stats.p50_ms:.2f} ms (cv {stats.cv:.2f}) {describe(report)} "
-                      f"{peer.note}", flush=True)
+        reports = {label: judge(peer.run, work, reference, spec) for label, peer in candidates.items()}
+        for shape, feed in work.timed.items():
+            calls = {label: (lambda run=peer.run, feed=feed: run(feed)) for label, peer in candidates.items()}
+            first = {label: _one_call_ms(call) for label, call in calls.items()}
+            times = interleave(calls, dict.fromkeys(calls, 1), first, TIMING)
+            for label, peer in candidates.items():
+                row = Row(name, shape, label, times[label], describe(reports[label]), reports[label].passed,
+                          peer.note, peer.fp32)
+                rows.append(row)
+                print(f"  {name} {shape} {label}: {row.p50_ms:.2f} ms (spread {row.spread:.2f}, {len(row.rounds)} "
+                      f"rounds) {row.accuracy} {peer.note}", flush=True)
     return rows
+
+
+def _one_call_ms(call: Callable[[], Any]) -> float:
+    """A first guess of a call's time, so interleave sizes its blocks (after a warm-up call)."""
+    call()
+    started = time.perf_counter()
+    call()
+    return 1e3 * (time.perf_counter() - started)
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
@@ -295,25 +317,29 @@ def render(rows: list[Row], threads: int, command: str) -> str:
     versions = ", ".join(f"{p} {version_of(p)}" for p in ("torch", "onnxruntime", "openvino", "nncf", "torchao"))
     lines = [
         f"Measured {date.today().isoformat()} with `{command}` on {cpu_model()} ({usable_cores()} cores usable, "
-        f"{threads} threads), {platform.system()} {platform.machine()}, Python {platform.python_version()}, "
-        f"{versions}, inferforge {inferforge.__version__}. Median latency per call (numpy in, numpy out); "
-        "samples/s = batch / median. \"vs best FP32 peer\" = the fastest of eager, torch.compile, ONNX Runtime FP32 "
-        "(and OpenVINO's default where it computes in f32; on CPUs with native bf16 it computes in bf16) on that "
-        "row's shape, divided by this row (higher is faster). Accuracy on the whole "
+        f"{threads} threads for the peers; inferforge's picks load with the threads their package's tuning chose), "
+        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {versions}, inferforge "
+        f"{inferforge.__version__}. Per row, every peer is timed in turns in one process (rounds of about 0.1 s "
+        "blocks); ms is the median over rounds of the time per call (numpy in, numpy out); samples/s = batch / ms. "
+        "\"vs best FP32 peer\" = the fastest of eager, torch.compile, ONNX Runtime FP32 (and OpenVINO's default "
+        "where it computes in f32) on that row, divided by this row (higher is faster). Accuracy on the whole "
         "evaluation set against eager FP32; a row outside the default budget (accuracy drop <= 1 point, top-1 "
-        "agreement >= 99%, cosine >= 0.99) is marked. All rows from one process, one pass: on this shared machine, "
-        "gaps under ~1.3x are within noise.",
+        "agreement >= 99%, cosine >= 0.99) is marked.",
         "",
-        "| model | shape | peer | p50 ms | samples/s | cv | vs best FP32 peer | accuracy vs FP32 | note |",
+        "| model | shape | peer | ms | samples/s | spread | vs best FP32 peer | accuracy vs FP32 | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     best = best_fp32(rows)
     for r in rows:
         flag = "" if r.passed else " (outside budget)"
-        lines.append(f"| {r.model} | {r.shape} | {r.peer} | {r.stats.p50_ms:.2f} | {r.stats.throughput:.1f} | "
-                     f"{r.stats.cv:.2f} | {best[(r.model, r.shape)].stats.p50_ms / r.stats.p50_ms:.2f}x | "
+        batch = int(r.shape.split()[0].removeprefix("bs"))
+        lines.append(f"| {r.model} | {r.shape} | {r.peer} | {r.p50_ms:.2f} | {1e3 * batch / r.p50_ms:.1f} | "
+                     f"{r.spread:.2f} | {best[(r.model, r.shape)].p50_ms / r.p50_ms:.2f}x | "
                      f"{r.accuracy}{flag} | {r.note} |")
-    lines += ["", "Against the goals of issue 3 (inferforge rows against the fastest peer on the same shape):", ""]
+    lines += ["", "The picks against the fastest peer on the same row: the median over rounds of the peer's time "
+              "divided by the pick's (higher is faster), with its 95% bootstrap interval (goals of issue 21: the "
+              "FP32 pick >= 0.95x the fastest FP32 peer, the full pick >= 1.0x the fastest peer within budget "
+              "on every row and >= 1.2x on half of them):", ""]
     lines += goal_lines(rows, best)
     return "\n".join(lines) + "\n"
 
@@ -322,28 +348,38 @@ def best_fp32(rows: list[Row]) -> dict[tuple[str, str], Row]:
     best: dict[tuple[str, str], Row] = {}
     for r in rows:
         key = (r.model, r.shape)
-        if r.fp32_peer and (key not in best or r.stats.p50_ms < best[key].stats.p50_ms):
+        if r.fp32_peer and (key not in best or r.p50_ms < best[key].p50_ms):
             best[key] = r
     return best
 
 
+def _versus(mine: Row, peer: Row) -> str:
+    ratio, low, high = ratio_interval(peer.rounds, mine.rounds)
+    return f"**{ratio:.2f}x** [{low:.2f}, {high:.2f}] {peer.peer} ({peer.p50_ms:.2f} ms)"
+
+
 def goal_lines(rows: list[Row], best: dict[tuple[str, str], Row]) -> list[str]:
-    lines = []
+    lines = ["| model | shape | inferforge fp32 pick | vs fastest FP32 peer | inferforge pick | "
+             "vs fastest peer within budget |", "|---|---|---|---|---|---|"]
+    met = {"fp32 >= 0.95x": 0, "pick >= 1.0x": 0, "pick >= 1.2x": 0}
     for key, fp32_peer in best.items():
         found = {r.peer: r for r in rows if (r.model, r.shape) == key}
         any_peer = min((r for r in found.values() if not r.peer.startswith("inferforge") and r.passed),
-                       key=lambda r: r.stats.p50_ms)
-        parts = []
-        for label in ("inferforge fp32 pick", "inferforge pick"):
-            if label in found:
-                mine = found[label]
-                parts.append(f"{label} {mine.stats.p50_ms:.2f} ms = {fp32_peer.stats.p50_ms / mine.stats.p50_ms:.2f}x "
-                             f"the fastest FP32 peer ({fp32_peer.peer}, {fp32_peer.stats.p50_ms:.2f} ms) and "
-                             f"{any_peer.stats.p50_ms / mine.stats.p50_ms:.2f}x the fastest peer within budget "
-                             f"({any_peer.peer})")
-            else:
-                parts.append(f"{label}: none passed")
-        lines.append(f"- {key[0]} {key[1]}: " + "; ".join(parts) + ".")
+                       key=lambda r: r.p50_ms)
+        cells = []
+        for label, peer, goal in (("inferforge fp32 pick", fp32_peer, "fp32 >= 0.95x"),
+                                  ("inferforge pick", any_peer, "pick >= 1.0x")):
+            mine = found.get(label)
+            if mine is None:
+                cells += ["none passed", ""]
+                continue
+            ratio = float(np.median(peer.rounds / mine.rounds))
+            met[goal] += ratio >= (0.95 if goal.startswith("fp32") else 1.0)
+            if goal == "pick >= 1.0x":
+                met["pick >= 1.2x"] += ratio >= 1.2
+            cells += [f"{mine.p50_ms:.2f} ms ({mine.note.split(';')[0]})", _versus(mine, peer)]
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    lines += ["", f"Rows meeting each goal, of {len(best)}: " + ", ".join(f"{k}: {v}" for k, v in met.items()) + "."]
     return lines
 
 

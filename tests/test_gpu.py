@@ -13,7 +13,7 @@ from inferforge.backends import get_backend
 from inferforge.backends.base import BuildConfig
 from inferforge.backends.inductor import InductorOptions
 from inferforge.bench import time_calls
-from inferforge.source import load_source
+from inferforge.source import ModelSource, load_source
 from inferforge.types import Precision
 
 pytestmark = pytest.mark.gpu
@@ -27,8 +27,9 @@ def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want))
 
 
-def _check(backend: str, config: BuildConfig, factory: str, tmp_path: Path, batches: tuple[int, ...] = (1, 3, 8)):
-    source = load_source(factory)
+def _check(backend: str, config: BuildConfig, factory: str | ModelSource, tmp_path: Path,
+           batches: tuple[int, ...] = (1, 3, 8)):
+    source = load_source(factory) if isinstance(factory, str) else factory
     chosen = get_backend(backend)
     assert chosen.unavailable_reason(config, source) is None
     out_dir = tmp_path / config.key()
@@ -65,7 +66,7 @@ def test_fp32_candidate_is_not_tf32(tmp_path: Path) -> None:
 
 def test_inductor_cuda_graphs_pad_to_buckets(tmp_path: Path) -> None:
     config = BuildConfig("inductor", Precision.FP16, "cuda", InductorOptions(cuda_graphs=True))
-    # 300: above the largest bucket, no graph; 3 again: bucket 4 replayed after bucket 8 shared its memory pool.
+    # 300: padded up to the 512 bucket; 3 again: bucket 4 replayed after bucket 8 shared its memory pool.
     runner, source = _check("inductor", config, "models:make_small_cnn", tmp_path, batches=(1, 3, 5, 300, 3))
     assert runner.artifact.details["static_batch_sizes"][:4] == [1, 2, 4, 8]
     # CUDA graph replays reuse their output buffers: what a caller holds must not change on the next call.
@@ -74,6 +75,49 @@ def test_inductor_cuda_graphs_pad_to_buckets(tmp_path: Path) -> None:
     kept = first.clone()
     runner.run_native(runner.to_native({"image": -x}))
     assert torch.equal(first, kept)
+
+
+class _Bottleneck(torch.nn.Module):
+    """conv-BN-ReLU, conv-BN, + identity, ReLU, and a downsampling conv-BN beside it: the ResNet patterns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        bn = torch.nn.BatchNorm2d
+        self.conv1, self.bn1 = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False), bn(16)
+        self.conv2, self.bn2 = torch.nn.Conv2d(16, 16, 3, padding=1, stride=2, bias=False), bn(16)
+        self.down, self.bn3 = torch.nn.Conv2d(8, 16, 1, stride=2), bn(16)
+        self.head = torch.nn.Linear(16, 10)
+        for norm in (self.bn1, self.bn2, self.bn3):  # statistics that are not the identity: folding must show
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.3, 0.3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(image)))
+        out = self.bn2(self.conv2(out))
+        out += self.bn3(self.down(image))
+        return self.head(torch.relu(out).mean((2, 3)))
+
+
+@pytest.mark.parametrize("precision", [Precision.FP16, Precision.BF16])
+def test_cudnn_fused_folds_bn_and_fuses_relu(precision: Precision, tmp_path: Path) -> None:
+    from inferforge.backends.cudnn_fused import CudnnFusedOptions
+
+    torch.manual_seed(0)
+    source = load_source(_Bottleneck().eval(), inputs=["image:float32[B,8,16,16]"], name="bottleneck")
+    config = BuildConfig("cudnn-fused", precision, "cuda", CudnnFusedOptions())
+    # 300 pads up to the 512 bucket; 3 again replays bucket 4 after larger buckets shared the memory pool
+    runner, _ = _check("cudnn-fused", config, source, tmp_path, batches=(1, 3, 300, 3))
+    details = runner.artifact.details
+    assert (details["folded_batch_norms"], details["fused_conv_relu"], details["fused_conv_add_relu"]) == (3, 1, 1)
+    assert details["static_batch_sizes"][-2:] == [512, 1024]
+
+
+def test_cudnn_fused_refuses_a_model_without_convolutions() -> None:
+    reason = get_backend("cudnn-fused").unavailable_reason(BuildConfig("cudnn-fused", Precision.FP16, "cuda"),
+                                                           load_source("models:make_wide_mlp"))
+    assert reason is not None and "convolution" in reason
 
 
 @pytest.mark.parametrize("scheme", ["fp8-rowwise", "int8-dynamic", "int8-weight-only"])

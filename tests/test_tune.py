@@ -49,7 +49,7 @@ def test_tune_loads_each_thread_count_for_latency_and_again_for_throughput() -> 
         calls.append(threads)
         return Constant()
 
-    chosen = tune(load, lambda n: {"x": np.zeros((n, 4), np.float32)}, cores=2, throughput_batch=4,  # type: ignore[arg-type]
+    chosen = tune(load, lambda n: [{"x": np.zeros((n, 4), np.float32)}], cores=2, throughput_batch=4,  # type: ignore[arg-type]
                   settings=TuningSettings(latency_seconds=0.05, throughput_seconds=0.05))
     assert calls == [1, 2, 1, 2]  # torch's thread count is per process: reloaded before each throughput run
     assert chosen.throughput_batch == 4 and set(chosen.throughput) == {"2x1", "1x2"}

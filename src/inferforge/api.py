@@ -27,6 +27,7 @@ from inferforge.search import (
     run_search,
 )
 from inferforge.source import ModelSource, load_source
+from inferforge.traffic import feeds_for
 from inferforge.tune import Tuning, tune
 from inferforge.types import TensorSpec
 
@@ -129,6 +130,5 @@ def _tune(search: SearchResult, source: ModelSource, dataset: Dataset) -> Tuning
     assert best is not None and best.artifact is not None and best.bench is not None
     backend = get_backend(best.config.backend)
     artifact = best.artifact
-    batch = max(best.bench.sweep, key=lambda s: s.throughput).batch_size
-    return tune(lambda threads: backend.load(artifact, source.spec, threads), dataset.take, search.options.threads,
-                batch)
+    return tune(lambda threads: backend.load(artifact, source.spec, threads), feeds_for(search.traffic, dataset),
+                search.options.threads, best.bench.best.batch_size)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends.base import Runner
+
+SPEC_SHAPE = "the spec's example shape"  # what BenchReport.timed_on says when no data shapes were timed
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class BenchSettings:
     max_seconds: float = 6.0
     sweep_min_runs: int = 3
     sweep_seconds: float = 1.5
+    # The interleaved re-measure of the leading candidates (bench.interleave): rounds of one block each.
+    confirm_min_rounds: int = 10
+    confirm_max_rounds: int = 60
+    confirm_seconds: float = 12.0
+    confirm_block_seconds: float = 0.04
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class BenchReport:
+    """``latency`` and ``sweep`` are the figures the objective decides on: timed on the data's own shapes
+    when the validation data has them (``timed_on`` says so, traffic.py), else on the spec's example shape;
+    ``example_shape`` then holds the spec-shape sweep beside them."""
+
     latency: LatencyStats  # batch 1 (or the smallest batch)
     sweep: tuple[LatencyStats, ...]
     threads: int
@@ -59,10 +70,17 @@ class BenchReport:
     load_rss_mb: float = 0.0  # resident memory the loaded artifact added, before any call
     peak_gpu_mb: float = 0.0  # CUDA: peak memory torch allocated on the GPU while loaded and measured
     end_to_end: LatencyStats | None = None  # CUDA, batch 1: numpy in, host-to-device, compute, back to numpy
+    timed_on: str = SPEC_SHAPE
+    example_shape: tuple[LatencyStats, ...] = ()  # the spec's example shape, when the data's shapes decide
+
+    @property
+    def best(self) -> LatencyStats:
+        """The batch size with the most samples/s."""
+        return max(self.sweep, key=lambda s: s.throughput)
 
     @property
     def best_throughput(self) -> float:
-        return max(s.throughput for s in self.sweep)
+        return self.best.throughput
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -119,24 +137,86 @@ def summarize(samples_ms: Sequence[float], batch_size: int) -> LatencyStats:
                         mean, cv, batch_size * 1000.0 / p50 if p50 > 0 else 0.0)
 
 
-def measure(runner: Runner, make_inputs: Callable[[int], dict[str, np.ndarray]],
+def measure(runner: Runner, feeds_for_batch: Callable[[int], Sequence[dict[str, np.ndarray]]],
             settings: BenchSettings) -> tuple[LatencyStats, ...]:
-    """Latency at each batch size (the smallest measured longest); inputs are prepared before timing."""
+    """Latency at each batch size (the smallest measured longest). ``feeds_for_batch(b)`` gives one or more
+    inputs of batch b: calls cycle through them (samples of different lengths), each warmed up first, and
+    all are converted before timing."""
     sweep = []
     for i, batch in enumerate(sorted(set(settings.batch_sizes))):
-        native = runner.to_native(make_inputs(batch))
-
-        def call(native: list[Any] = native) -> Any:
-            return runner.run_native(native)
-
+        call = cycling_call(runner, feeds_for_batch(batch))
         if i == 0:
-            stats = time_calls(call, batch, settings.warmup_runs, settings.min_runs, settings.max_runs,
-                               settings.min_seconds, settings.max_seconds, runner.device)
+            stats = time_calls(call, batch, max(settings.warmup_runs, call.feeds), settings.min_runs,
+                               settings.max_runs, settings.min_seconds, settings.max_seconds, runner.device)
         else:
-            stats = time_calls(call, batch, 1, settings.sweep_min_runs, settings.max_runs,
+            stats = time_calls(call, batch, call.feeds, settings.sweep_min_runs, settings.max_runs,
                                settings.sweep_seconds, settings.sweep_seconds * 4, runner.device)
         sweep.append(stats)
     return tuple(sweep)
+
+
+class cycling_call:  # noqa: N801 - used like a function
+    """Calls ``runner`` on its native inputs, one feed after the other, round and round."""
+
+    def __init__(self, runner: Runner, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        if not feeds:
+            raise ValueError("no inputs to time")
+        self._native = [runner.to_native(feed) for feed in feeds]
+        self._run = runner.run_native
+        self._next = 0
+
+    @property
+    def feeds(self) -> int:
+        return len(self._native)
+
+    def __call__(self) -> Any:
+        native = self._native[self._next]
+        self._next = (self._next + 1) % len(self._native)
+        return self._run(native)
+
+
+def interleave(calls: Mapping[str, Callable[[], Any]], units: Mapping[str, int], first_pass_ms: Mapping[str, float],
+               settings: BenchSettings, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Time several candidates in turns (A B C, B C A, C A B, ...) in one process window, so the machine's
+    drifts (another job, frequency, cache) hit all of them alike; a ranking from separate runs minutes
+    apart trusts any gap. Each turn is a block of calls lasting about ``settings.confirm_block_seconds``
+    (from ``first_pass_ms``); returns, per key, the ms per unit (sample) of each round's block, rounds
+    aligned across keys, so ratios can be taken round by round (``ratio_interval``)."""
+    keys = list(calls)
+    timers = {k: _cuda_timer(calls[k]) if device == "cuda" else _host_timer(calls[k]) for k in keys}
+    block = {k: max(1, round(1e3 * settings.confirm_block_seconds / max(first_pass_ms[k], 1e-3))) for k in keys}
+    for k in keys:  # warm-up round: every feed of every candidate once more
+        for _ in range(block[k]):
+            timers[k]()
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < settings.confirm_max_rounds:
+        for j in range(len(keys)):
+            key = keys[(rounds + j) % len(keys)]
+            spent = sum(timers[key]() for _ in range(block[key]))
+            times[key].append(spent / (block[key] * units[key]))
+        rounds += 1
+        elapsed = time.perf_counter() - started
+        if rounds >= settings.confirm_min_rounds and elapsed >= settings.confirm_seconds:
+            break
+        if elapsed >= 3 * settings.confirm_seconds and rounds >= 3:  # slow candidates: short of min rounds
+            break
+    return {k: np.asarray(v) for k, v in times.items()}
+
+
+def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, confidence: float = 0.95,
+                   resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of the round-by-round ratios and its bootstrap interval (paired rounds: a noisy round moves
+    both sides). Returns (median, low, high)."""
+    ratios = np.asarray(numerator, dtype=float) / np.asarray(denominator, dtype=float)
+    if len(ratios) < 2:
+        value = float(ratios[0]) if len(ratios) else float("nan")
+        return value, value, value
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(resamples, len(ratios)), replace=True), axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.median(ratios)), float(np.quantile(medians, tail)), float(np.quantile(medians, 1 - tail))
 
 
 def end_to_end(runner: Runner, inputs: dict[str, np.ndarray], settings: BenchSettings) -> LatencyStats:

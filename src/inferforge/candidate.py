@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 
 from inferforge.backends.base import Artifact, Backend, BuildConfig
 from inferforge.bench import (
+    SPEC_SHAPE,
     BenchReport,
     current_rss_mb,
     end_to_end,
@@ -32,6 +33,7 @@ from inferforge.errors import one_line
 from inferforge.options import SearchOptions
 from inferforge.probes import Probe, probe_failure, relative_error
 from inferforge.source import ModelSource
+from inferforge.traffic import Traffic, feeds_for
 from inferforge.types import Precision
 from inferforge.validate import AccuracyReport, collect_outputs, compare
 
@@ -55,6 +57,7 @@ class CandidateResult:
     build_seconds: float | None = None
     accuracy: AccuracyReport | None = None
     bench: Any = None  # BenchReport
+    confirmation: Any = None  # ranking.Confirmation: the interleaved re-measure, for the leading candidates
 
     @property
     def key(self) -> str:
@@ -68,6 +71,7 @@ class CandidateResult:
             "artifact_details": dict(self.artifact.details) if self.artifact else None,
             "accuracy": self.accuracy.to_json() if self.accuracy else None,
             "bench": self.bench.to_json() if self.bench else None,
+            "confirmation": asdict(self.confirmation) if self.confirmation else None,
         }
 
 
@@ -87,6 +91,11 @@ class SearchContext:
     workdir: Path
     source_fingerprint: str
     calibration_fingerprint: str | None
+    traffic: Traffic | None = None  # the data's own shapes, timed and decided on when the data has them
+
+    def timing_feeds(self, batch_size: int) -> list[dict[str, np.ndarray]]:
+        """The inputs the objective is decided on, at ``batch_size``."""
+        return feeds_for(self.traffic, self.dataset)(batch_size)
 
     def cache(self) -> ArtifactCache | None:
         return ArtifactCache(self.options.cache_dir) if self.options.cache_dir is not None else None
@@ -167,10 +176,12 @@ def _try_candidate(backend: Backend, config: BuildConfig, context: SearchContext
                 return result
             stage = "benchmark"
             report(key, "benchmarking")
-            sweep = measure(runner, lambda batch: dataset.take(batch), options.bench)
+            sweep = measure(runner, context.timing_feeds, options.bench)
+            example = measure(runner, lambda batch: [dataset.take(batch)], options.bench) if context.traffic else ()
             whole = end_to_end(runner, dataset.take(1), options.bench) if config.device != "cpu" else None
         result.bench = BenchReport(sweep[0], sweep, options.threads, max(0.0, peak() - rss_before), load_seconds,
-                                   load_rss_mb, gpu_peak(), whole)
+                                   load_rss_mb, gpu_peak(), whole,
+                                   context.traffic.description if context.traffic else SPEC_SHAPE, example)
     except Exception as exc:
         result.reason = f"{stage}: {one_line(exc)}"
         return result

@@ -22,6 +22,7 @@ import numpy as np
 
 from inferforge.data import Dataset, generate_inputs
 from inferforge.errors import one_line
+from inferforge.traffic import Traffic
 from inferforge.types import BATCH, Dim, ModelSpec, Precision
 
 PROBE_BATCHES = (1, 3, 7)
@@ -47,9 +48,13 @@ class Probe:
 
 
 def make_probes(spec: ModelSpec, dataset: Dataset, reference: Callable[[dict[str, np.ndarray]], dict[str, Any]],
-                dim_ranges: Mapping[str, tuple[int, int]] | None = None) -> list[Probe]:
-    """Build the probe inputs and run the reference on them; drop those it cannot answer."""
+                dim_ranges: Mapping[str, tuple[int, int]] | None = None, traffic: Traffic | None = None) -> list[Probe]:
+    """Build the probe inputs and run the reference on them; drop those it cannot answer. With ``traffic``
+    (the data's own shapes, which the candidates are timed on) a sample and a batch at their own lengths too."""
     in_range: list[tuple[str, dict[str, np.ndarray]]] = []  # the user's samples, at other batch sizes and lengths
+    if traffic is not None:
+        in_range += [("the shortest timed sample at its own length", min(traffic.feeds(1), key=_size)),
+                     ("a timed batch of 3 at its own lengths", traffic.feeds(3)[0])]
     moved: list[tuple[str, dict[str, np.ndarray]]] = []  # values the data does not hold
     for i, batch in enumerate(PROBE_BATCHES):
         in_range.append((f"data batch {batch}", dataset.take(batch, start=i * 5)))
@@ -108,6 +113,10 @@ def probe_failure(probes: list[Probe], run: Callable[[dict[str, np.ndarray]], Ma
                 return (f"output {name} differs from eager by {error:.3g} (relative L2; allowed {tolerance:.2g}) "
                         f"on probe input '{probe.name}': a branch or shape the validation data did not reach?")
     return None
+
+
+def _size(inputs: Mapping[str, np.ndarray]) -> int:
+    return sum(v.size for v in inputs.values())
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -15,6 +15,21 @@ from inferforge.search import SearchResult, Status
 
 COLUMNS = ("#", "candidate", "status", "p50 ms (bs1)", "p99 ms", "cv", "best tput /s", "accuracy", "max abs err",
            "build s", "size MB", "load RSS MB", "peak RSS MB", "note")
+DATA_SHAPES_P50 = "p50 ms (bs1, data)"  # the latency column's name when the data's own shapes decide
+SPEC_SHAPE_P50 = "p50 ms (bs1, spec)"  # the spec's example shape, beside it
+CONFIRMED = "vs fastest (95% CI)"  # the interleaved re-measure of the leaders
+
+
+def columns(result: SearchResult) -> tuple[str, ...]:
+    """The leaderboard's columns: a spec-shape column when the data's shapes decided, a re-measure column
+    when the leaders were re-measured."""
+    cols = list(COLUMNS)
+    if any(c.bench is not None and c.bench.example_shape for c in result.candidates):
+        cols[cols.index("p50 ms (bs1)")] = DATA_SHAPES_P50
+        cols.insert(cols.index(DATA_SHAPES_P50) + 1, SPEC_SHAPE_P50)
+    if any(c.confirmation is not None for c in result.candidates):
+        cols.insert(cols.index("cv") + 1, CONFIRMED)
+    return tuple(cols)
 
 
 def accuracy_cell(acc: Mapping[str, Any] | None) -> str:
@@ -36,6 +51,7 @@ def build_cell(build_seconds: float | None, details: Mapping[str, Any] | None) -
 
 
 def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
+    cols = columns(result)
     rows: list[tuple[str, ...]] = []
     best = result.best
     for i, c in enumerate(result.candidates, 1):
@@ -53,19 +69,22 @@ def leaderboard_rows(result: SearchResult) -> list[tuple[str, ...]]:
         kept = c.artifact.details.get("keep_fp32") if c.artifact else None
         if kept:
             note = f"{note}; kept in FP32: {', '.join(kept)}".lstrip("; ")
-        rows.append((
-            str(i), c.key, c.status.value,
-            f"{b.latency.p50_ms:.2f}" if b else "", f"{b.latency.p99_ms:.2f}" if b else "",
-            f"{b.latency.cv:.2f}" if b else "",
-            f"{b.best_throughput:.1f} (bs{max(b.sweep, key=lambda s: s.throughput).batch_size})" if b else "",
-            accuracy_cell(c.accuracy.to_json() if c.accuracy else None),
-            f"{max(o.max_abs for o in c.accuracy.outputs):.1e}" if c.accuracy and c.accuracy.outputs else "",
-            build_cell(c.build_seconds, c.artifact.details if c.artifact else None),
-            f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
-            f"{b.load_rss_mb:.0f}" if b else "",
-            f"{b.peak_rss_mb:.0f}" if b else "",
-            note,
-        ))
+        cells = {
+            "#": str(i), "candidate": c.key, "status": c.status.value,
+            "p99 ms": f"{b.latency.p99_ms:.2f}" if b else "", "cv": f"{b.latency.cv:.2f}" if b else "",
+            "best tput /s": f"{b.best_throughput:.1f} (bs{b.best.batch_size})" if b else "",
+            "accuracy": accuracy_cell(c.accuracy.to_json() if c.accuracy else None),
+            "max abs err": f"{max(o.max_abs for o in c.accuracy.outputs):.1e}" if c.accuracy and c.accuracy.outputs
+            else "",
+            "build s": build_cell(c.build_seconds, c.artifact.details if c.artifact else None),
+            "size MB": f"{c.artifact.size_bytes / 1e6:.1f}" if c.artifact else "",
+            "load RSS MB": f"{b.load_rss_mb:.0f}" if b else "", "peak RSS MB": f"{b.peak_rss_mb:.0f}" if b else "",
+            "note": note,
+            CONFIRMED: c.confirmation.describe() if c.confirmation else "",
+            SPEC_SHAPE_P50: f"{b.example_shape[0].p50_ms:.2f}" if b and b.example_shape else "",
+        }
+        cells["p50 ms (bs1)"] = cells[DATA_SHAPES_P50] = f"{b.latency.p50_ms:.2f}" if b else ""
+        rows.append(tuple(cells[col] for col in cols))
     return rows
 
 
@@ -73,7 +92,7 @@ def rich_leaderboard(result: SearchResult, title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for col in COLUMNS:
+    for col in columns(result):
         table.add_column(col, overflow="fold", max_width=60 if col == "note" else None)
     styles = {"passed": "green", "rejected": "yellow", "failed": "red", "skipped": "dim"}
     for row in leaderboard_rows(result):
@@ -82,7 +101,8 @@ def rich_leaderboard(result: SearchResult, title: str) -> Any:
 
 
 def markdown_leaderboard(result: SearchResult) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    cols = columns(result)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in leaderboard_rows(result)]
     return "\n".join(lines)
 
@@ -128,8 +148,12 @@ def report_markdown(result: SearchResult, dataset: Dataset, model_name: str) -> 
         markdown_leaderboard(result),
         "",
         "Latency is the median of timed runs at the smallest batch size after warm-up; cv is its coefficient of "
-        "variation; throughput is samples/s at the median latency of the best batch size. Peak RSS is the rise in "
-        "resident memory over load, validation and benchmark.",
+        "variation; throughput is samples/s at the median latency of the best batch size. Where the validation "
+        "data pads a dynamic length, the data's samples at their own lengths decide (\"data\"), and the spec's "
+        "example shape is shown beside them (\"spec\"). \"vs fastest\" is the leaders' re-measure in turns: the "
+        "median ratio of each one's time to the fastest's with its 95% interval; an interval holding 1.00 is a "
+        "tie, which goes to the simpler artifact. Peak RSS is the rise in resident memory over load, validation "
+        "and benchmark.",
         "",
     ]
     return "\n".join(lines)

@@ -5,14 +5,16 @@ measured, including the reference, so nothing slower than plain eager can win,
 and a candidate that fails at any stage is recorded with its reason while the
 search goes on. Candidates run in a worker process (worker.py), in the order
 their backends give (cheap, likely winners first; the reference and the portable
-fallback before everything, and never skipped), until the time budget is spent.
+fallback before everything, and never skipped), until the time budget is spent. The
+leaders are then re-measured side by side and ranked with intervals (ranking.py), on the
+data's own shapes where the data has them (traffic.py).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 
 from inferforge.backends import backend_names, get_backend
 from inferforge.backends.base import PROTECTED_ORDER, Backend, BuildConfig
+from inferforge.bench import SPEC_SHAPE
 from inferforge.cache import dataset_fingerprint
 from inferforge.candidate import (
     VALIDATION_BATCH,
@@ -34,16 +37,16 @@ from inferforge.data import Dataset
 from inferforge.errors import InferforgeError
 from inferforge.options import Objective, SearchOptions
 from inferforge.probes import make_probes
+from inferforge.ranking import USER_CODE_HANDICAP, confirm, contenders, rank
 from inferforge.source import ModelSource, SourceKind
+from inferforge.traffic import Traffic, timing_inputs
 from inferforge.types import Precision
 from inferforge.validate import collect_outputs
 
 __all__ = ["CandidateResult", "Objective", "Progress", "SearchOptions", "SearchResult", "Status",
-           "candidate_configs", "rank", "reference_outputs", "run_search"]
-# A candidate that runs the user's own code at load (the source artifact) wins only when this much faster:
-# a package that loads without executing code is worth a little speed.
-USER_CODE_HANDICAP = 1.1
+           "USER_CODE_HANDICAP", "candidate_configs", "rank", "reference_outputs", "run_search"]
 PROTECTED_WINDOW_S = 60.0  # a protected candidate started near or past the deadline still gets this long
+CONFIRM_STARTUP_S = 10.0  # about what loading the leaders again takes before their re-measure
 
 
 @dataclass
@@ -52,6 +55,7 @@ class SearchResult:
     options: SearchOptions
     reference_name: str
     notes: list[str] = field(default_factory=list)  # how the search ran, what the user should know
+    traffic: Traffic | None = None  # the data's own shapes the objective was decided on (None: the spec's)
 
     @property
     def passed(self) -> list[CandidateResult]:
@@ -131,9 +135,10 @@ def run_search(source: ModelSource, dataset: Dataset, options: SearchOptions, wo
     pairs = candidate_configs(options)
     run_reference = reference_runner(source, options.threads)
     reference = collect_outputs(run_reference, dataset, VALIDATION_BATCH)
-    probes = make_probes(source.spec, dataset, run_reference, source.dim_ranges)
+    traffic = timing_inputs(source.spec, dataset, source.dim_ranges)
+    probes = make_probes(source.spec, dataset, run_reference, source.dim_ranges, traffic)
     context = SearchContext(source, dataset, calibration, reference, probes, options, workdir,
-                            source.fingerprint(), dataset_fingerprint(calibration))
+                            source.fingerprint(), dataset_fingerprint(calibration), traffic)
     evaluator = make_evaluator(context, report)
     results: list[CandidateResult] = []
     queue = list(pairs)
@@ -154,25 +159,32 @@ def run_search(source: ModelSource, dataset: Dataset, options: SearchOptions, wo
             if retry is not None:
                 queue.insert(0, (backend, retry))
             gc.collect()
+        ranked = rank(results, options.objective)
+        ranked, ranking_notes = _confirmed(ranked, evaluator, options, deadline, report)
     finally:
         evaluator.close()
+    timed_on = (f"the objective was decided on {traffic.description}; the spec's example shape is timed beside "
+                "it" if traffic else f"the objective was decided on {SPEC_SHAPE}")
     notes = [*source.notes, evaluator.note,
              f"every candidate was also checked against eager on {len(probes)} probe inputs the search made "
-             "(other batch sizes and lengths, float inputs negated and scaled, integer inputs at their ends)"]
-    return SearchResult(rank(results, options.objective), options, source.name, notes)
+             "(other batch sizes and lengths, float inputs negated and scaled, integer inputs at their ends)",
+             timed_on, *ranking_notes]
+    return SearchResult(ranked, options, source.name, notes, traffic)
 
 
-def rank(results: Sequence[CandidateResult], objective: Objective) -> list[CandidateResult]:
-    """Passed candidates best-first by the objective, then rejected (by the same), failed, skipped. A candidate
-    whose artifact runs the user's code must be USER_CODE_HANDICAP faster to rank above one that does not."""
-    order = {Status.PASSED: 0, Status.REJECTED: 1, Status.FAILED: 2, Status.SKIPPED: 3}
-
-    def score(c: CandidateResult) -> float:
-        if c.bench is None:
-            return float("inf")
-        handicap = USER_CODE_HANDICAP if get_backend(c.config.backend).runs_user_code else 1.0
-        if objective is Objective.LATENCY:
-            return c.bench.latency.p50_ms * handicap
-        return -c.bench.best_throughput / handicap
-
-    return sorted(results, key=lambda c: (order[c.status], score(c)))
+def _confirmed(ranked: list[CandidateResult], evaluator: Any, options: SearchOptions, deadline: float | None,
+               report: Progress) -> tuple[list[CandidateResult], list[str]]:
+    """The leaders re-measured in turns (ranking.py), when there are two and the time budget allows."""
+    chosen = contenders(ranked, options.objective)
+    if not chosen:
+        return ranked, []
+    needed = CONFIRM_STARTUP_S + options.bench.confirm_seconds
+    if deadline is not None and deadline - time.monotonic() < needed:
+        return ranked, [f"the leaders were not re-measured side by side: less than {needed:.0f} s of the time "
+                        "budget was left; the ranking is the first pass's, one measurement per candidate"]
+    stop_at = time.monotonic() + options.candidate_timeout_s if deadline is None else deadline
+    report(f"{len(chosen)} leaders", "re-measuring side by side")
+    times = evaluator.remeasure(chosen, stop_at)
+    if isinstance(times, str):
+        return ranked, [f"the ranking is the first pass's: {times}"]
+    return confirm(ranked, times, options.objective)

@@ -10,7 +10,7 @@ throughput instances and threads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends.base import Runner
-from inferforge.bench import time_calls
+from inferforge.bench import cycling_call, time_calls
 
 
 @dataclass(frozen=True)
@@ -52,27 +52,23 @@ def thread_counts(cores: int) -> list[int]:
     return sorted(counts)
 
 
-def tune(load: Callable[[int], Runner], make_inputs: Callable[[int], dict[str, np.ndarray]], cores: int,
+def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str, np.ndarray]]], cores: int,
          throughput_batch: int, settings: TuningSettings = TuningSettings()) -> Tuning:
     """Measure ``load(threads)`` runners: p50 at batch 1 per thread count, then samples/s for each split
-    of the cores into instances x threads (instances call one shared runner from parallel threads)."""
+    of the cores into instances x threads (instances call one shared runner from parallel threads).
+    ``feeds(batch)``: the inputs the search's objective was timed on (traffic.feeds_for)."""
     latency: dict[int, float] = {}
     for threads in thread_counts(cores):
-        runner = load(threads)
-        native = runner.to_native(make_inputs(1))
-
-        def call(runner: Runner = runner, native: list[Any] = native) -> Any:
-            return runner.run_native(native)
-
-        stats = time_calls(call, 1, warmup=2, min_runs=10, max_runs=5000, min_seconds=settings.latency_seconds,
-                           max_seconds=settings.latency_seconds * 3)
+        call = cycling_call(load(threads), feeds(1))
+        stats = time_calls(call, 1, warmup=max(2, call.feeds), min_runs=10, max_runs=5000,
+                           min_seconds=settings.latency_seconds, max_seconds=settings.latency_seconds * 3)
         latency[threads] = stats.p50_ms
     throughput: dict[str, float] = {}
     best = (0.0, 1, cores)
     for threads in thread_counts(cores):
         instances = max(1, cores // threads)
         runner = load(threads)  # again: torch's thread count is per process, the last load set it
-        rate = _samples_per_second(runner, make_inputs(throughput_batch), instances, settings.throughput_seconds)
+        rate = _samples_per_second(runner, feeds(throughput_batch)[0], instances, settings.throughput_seconds)
         throughput[f"{instances}x{threads}"] = rate
         if rate > best[0]:
             best = (rate, instances, threads)

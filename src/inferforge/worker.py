@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from inferforge.backends import get_backend
 from inferforge.backends.base import Backend, BuildConfig
 from inferforge.candidate import CandidateResult, Progress, SearchContext, Status, evaluate
@@ -91,12 +93,33 @@ def _worker_main(conn: Connection) -> None:
         message = conn.recv()
         if message is None:
             return
-        backend_name, config, deadline = message
+        if message[0] == "remeasure":
+            conn.send(("done", _remeasure_or_reason(message[1], context)))
+            continue
+        _, backend_name, config, deadline = message
         try:
             results = evaluate(get_backend(backend_name), config, context, report, deadline)
         except BaseException as exc:  # evaluate records candidate failures itself; this is a bug, say so
             results = [CandidateResult(config, Status.FAILED, f"search worker error: {one_line(exc)}")]
         conn.send(("done", results))
+
+
+def _remeasure_or_reason(chosen: list[CandidateResult], context: SearchContext) -> dict[str, np.ndarray] | str:
+    """ranking.remeasure's times, or why it could not run (the search then keeps the first pass)."""
+    from inferforge.ranking import remeasure
+
+    try:
+        return remeasure(chosen, context)
+    except Exception as exc:
+        return f"the re-measure failed: {one_line(exc)}"
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """A request the worker did not answer: why, and how the candidate is marked."""
+
+    reason: str
+    status: Status = Status.FAILED
 
 
 class InProcessEvaluator:
@@ -111,6 +134,9 @@ class InProcessEvaluator:
         with warnings.catch_warnings():
             warnings.simplefilter("once")
             return evaluate(backend, config, self.context, self.report, deadline)
+
+    def remeasure(self, chosen: list[CandidateResult], stop_at: float | None) -> dict[str, np.ndarray] | str:
+        return _remeasure_or_reason(chosen, self.context)
 
     def close(self) -> None:
         pass
@@ -145,43 +171,56 @@ class IsolatedEvaluator:
     def run(self, backend: Backend, config: BuildConfig, deadline: float | None) -> list[CandidateResult]:
         """Evaluate in the worker; stop it at ``deadline`` (time.monotonic()), the candidate timeout or the
         memory cap, and on a crash report the stage it was in."""
+        answer = self._ask(("evaluate", backend.name, config, deadline), deadline)
+        if isinstance(answer, _Stopped):
+            self._kill()
+            return [CandidateResult(config, answer.status, answer.reason)]
+        return list(answer)
+
+    def remeasure(self, chosen: list[CandidateResult], stop_at: float | None) -> dict[str, np.ndarray] | str:
+        """ranking.remeasure in the worker (the candidates' runners may run user code), under the same watch."""
+        answer = self._ask(("remeasure", chosen), stop_at)
+        if isinstance(answer, _Stopped):
+            self._kill()
+            return f"the re-measure was {answer.reason}"
+        return answer
+
+    def _ask(self, message: tuple[Any, ...], deadline: float | None) -> Any:
+        """Send one request and wait for its answer, relaying progress; a _Stopped when the worker died or
+        was stopped (deadline, candidate timeout, memory cap)."""
         process, conn = self._start()
         started = time.monotonic()
         limit = started + self.context.options.candidate_timeout_s
         stop_at = min(limit, deadline) if deadline is not None else limit
         stage = "starting"
-        conn.send((backend.name, config, deadline))
+        conn.send(message)
         peak = 0.0
         while True:
             try:
                 ready = conn.poll(POLL_S)
                 while ready:
-                    message = conn.recv()
-                    if message[0] == "done":
-                        return list(message[1])
-                    _, key, stage = message
+                    received = conn.recv()
+                    if received[0] == "done":
+                        return received[1]
+                    _, key, stage = received
                     self.report(key, stage)
                     ready = conn.poll(0)
             except (EOFError, OSError):
                 pass
             if not process.is_alive():
-                return [self._failed(config, f"the worker process died ({_exit_reason(process.exitcode)}) while "
-                                             f"{stage}: a crash in the backend's native code; the search went on")]
+                return _Stopped(f"the worker process died ({_exit_reason(process.exitcode)}) while {stage}: a "
+                                "crash in the backend's native code; the search went on")
             peak = max(peak, _tree_rss_mb(process.pid))
             now = time.monotonic()
             if peak > self.memory_cap_mb:
-                return [self._failed(config, f"stopped while {stage}: the worker used {peak:.0f} MB, over the cap "
-                                             f"of {self.memory_cap_mb:.0f} MB (SearchOptions.worker_memory_mb)")]
+                return _Stopped(f"stopped while {stage}: the worker used {peak:.0f} MB, over the cap of "
+                                f"{self.memory_cap_mb:.0f} MB (SearchOptions.worker_memory_mb)")
             if now >= stop_at:
                 if deadline is not None and stop_at == deadline:
-                    return [self._failed(config, f"stopped while {stage} at the time budget's deadline, after "
-                                                 f"{now - started:.0f} s", Status.SKIPPED)]
-                return [self._failed(config, f"stopped while {stage}: still running after "
-                                             f"{self.context.options.candidate_timeout_s:g} s (a hang?)")]
-
-    def _failed(self, config: BuildConfig, reason: str, status: Status = Status.FAILED) -> CandidateResult:
-        self._kill()
-        return CandidateResult(config, status, reason)
+                    return _Stopped(f"stopped while {stage} at the time budget's deadline, after "
+                                    f"{now - started:.0f} s", Status.SKIPPED)
+                return _Stopped(f"stopped while {stage}: still running after "
+                                f"{self.context.options.candidate_timeout_s:g} s (a hang?)")
 
     def _kill(self) -> None:
         if self._process is not None:

@@ -21,6 +21,7 @@ _MODULES: dict[str, str] = {
     "openvino": "inferforge.backends.openvino:OpenVinoBackend",
     "torch-int8": "inferforge.backends.torch_int8:TorchInt8Backend",
     "torchao": "inferforge.backends.torchao_cuda:TorchaoCudaBackend",
+    "cudnn-fused": "inferforge.backends.cudnn_fused:CudnnFusedBackend",
     "source": "inferforge.backends.python_source:PythonSourceBackend",
 }
 

@@ -17,6 +17,13 @@ batch up to the bucket by repeating the last row), replays, and returns copies o
 the first ``rows`` outputs. All buckets share one memory pool; replays are
 serialized by a lock and outputs are copied out before the next replay, which is
 what makes sharing the pool safe.
+
+Throughput: the buckets go past 256 to 512 and 1024, captured only when a batch that
+large arrives; where the GPU has not the memory for one, its capture's out-of-memory
+error drops that bucket and the ones above it, and such batches run uncaptured. Warm-up
+and capture run with ``torch.backends.cudnn.benchmark`` on (``cudnn_benchmark``): the
+shapes of a captured graph never change, so timing cuDNN's algorithms once per bucket
+is paid back on every replay, and the graph keeps the algorithms chosen.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # batch sizes a graph is captured for, at first use
+from inferforge.backends.torch_common import cudnn_benchmark
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # batch sizes a graph is captured for, at first use
 WARMUP_CALLS = 3  # before capture: compiles, autotunes cuBLAS/cuDNN, allocates workspaces
 
 
@@ -49,12 +58,25 @@ class GraphedBuckets:
         rows = args[0].shape[0]
         size = next((b for b in self._buckets if b >= rows), None)
         if size is None:  # above the largest bucket: no graph, the compiled module itself
-            return _as_tuple(self._fn(*args))
+            with cudnn_benchmark():
+                return _as_tuple(self._fn(*args))
         with self._lock:
             graph = self._graphs.get(size)
             if graph is None:
-                graph = self._graphs[size] = self._capture(size, args)
+                try:
+                    graph = self._graphs[size] = self._capture(size, args)
+                except _out_of_memory():
+                    return self._without(size, args)
             return graph.run(args, rows)
+
+    def _without(self, size: int, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A bucket too large for the GPU's free memory: drop it and those above it, run this batch as it is."""
+        import torch
+
+        self._buckets = tuple(b for b in self._buckets if b < size)
+        torch.cuda.empty_cache()
+        with cudnn_benchmark():
+            return _as_tuple(self._fn(*args))
 
     def _capture(self, size: int, example: tuple[Any, ...]) -> _Graph:
         import torch
@@ -63,16 +85,17 @@ class GraphedBuckets:
         if size > 1:
             for a in static:
                 torch._dynamo.maybe_mark_dynamic(a, 0)
-        self._fn(*static)  # the compile happens here, on the caller's stream
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-            for _ in range(WARMUP_CALLS):
-                self._fn(*static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            outputs = _as_tuple(self._fn(*static))
+        with cudnn_benchmark():
+            self._fn(*static)  # the compile happens here, on the caller's stream
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+                for _ in range(WARMUP_CALLS):
+                    self._fn(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                outputs = _as_tuple(self._fn(*static))
         self._pool = graph.pool()
         return _Graph(graph, static, outputs)
 
@@ -98,6 +121,12 @@ def _padded(value: Any, size: int) -> Any:
     channels_last = value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last) and rows > 0
     padded = torch.cat([value, value[-1:].expand(size - rows, *value.shape[1:])]) if size > rows else value.clone()
     return padded.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _out_of_memory() -> type[BaseException]:
+    import torch
+
+    return torch.cuda.OutOfMemoryError
 
 
 def _as_tuple(outputs: Any) -> tuple[Any, ...]:

@@ -162,6 +162,20 @@ def tf32_mode(precision: Precision, device: str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+@contextmanager
+def cudnn_benchmark(on: bool = True) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` set for the block and restored afterwards: cuDNN times its
+    algorithms for each new shape and keeps the fastest, instead of taking its heuristic's first pick."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 class TorchBackend(Backend):
     """A backend that computes in PyTorch: besides the source kind, the precision must run natively here."""
 

@@ -28,7 +28,7 @@ class Demo:
 
 DEMOS = {
     "minilm": Demo("inferforge.demo.minilm:make_model", "inferforge.demo.minilm:make_data",
-                   ("input_ids:int64[B,128]:0..30521", "attention_mask:int64[B,128]:0..1"), "embed",
+                   ("input_ids:int64[B,S=128]:0..30521", "attention_mask:int64[B,S=128]:0..1"), "embed",
                    "inferforge.demo.minilm:make_adapter"),
     "digits": Demo("inferforge.demo.digits:make_model", "inferforge.demo.digits:make_data", (), "classify",
                    "inferforge.demo.digits:make_adapter"),
