@@ -3,15 +3,21 @@
 Models (random weights; no download): ResNet-50 (torchvision, 224x224 images, judged by
 top-1 agreement with FP32), BERT-base and a MiniLM-shaped encoder (6 layers, hidden 384;
 transformers' BertModel with mask-aware mean pooling, seq 128, judged by the cosine of the
-pooled embedding against FP32). For each: batch-1 latency and batch-256 throughput, CUDA
-events around each call, inputs already on the GPU, median of many calls; peak GPU memory;
-accuracy on 64 held-out samples against the FP32 model on the same GPU (TF32 off).
+pooled embedding against FP32). For each: batch-1 latency, throughput at batch 256 and the
+best over batches 256, 512 and 1024, CUDA events around each call, inputs already on the GPU,
+median of many calls; peak GPU memory; accuracy on 64 held-out samples against the FP32 model
+on the same GPU (TF32 off).
 
 Peers: eager FP32 (TF32 off), eager FP16 (weights cast; channels_last for ResNet-50),
-``torch.compile`` default mode on the FP16 model. inferforge: ``optimize(..., device="cuda")``
-over the given backends and precisions (default: eager and inductor with CUDA graphs, FP16;
-torchao FP8 on request), its pick loaded back from the package. AOTInductor on CUDA is left
-out: its packages crashed on load here (see backends/aoti.py). About 4.5 minutes on an H100.
+``torch.compile`` on the FP16 model in the default mode and (``--max-autotune``) in
+"max-autotune", compiled for one static batch of 256 only (each batch size is an autotuning
+compile of minutes: batch 1 and 256 together outran a 10-minute run on the H200), its accuracy
+read at that batch. inferforge: ``optimize(..., device="cuda")``
+over the given backends and precisions (default: eager, inductor with CUDA graphs and cudnn-fused,
+FP16) for ``--objective`` (latency: batch 1; throughput: best over the batches above), its pick
+loaded back from the package. ``--profile`` adds torch.profiler's kernel-time breakdown of the
+pick and of torch.compile at batch 256 (DIR/profile_*.txt). AOTInductor on CUDA is left out: its
+packages crashed on load here (see backends/aoti.py).
 
 TensorRT cannot be installed on the lent GPU machine, so its line is a published figure
 (``TENSORRT_REFERENCE``), with its source, setup and what makes it not like-for-like.
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-BATCHES = (1, 256)
+THROUGHPUT_BATCHES = (256, 512, 1024)  # batch 256 is the issue's reference point; 512 and 1024 where memory allows
 # Published TensorRT figures for these models on an H100 SXM (the lent GPU is an "H100 80GB HBM3", SXM).
 # Only MLPerf Offline throughput is published for H100; no batch-1 latency and no BERT-base figure was found.
 _MLPERF = "mlcommons/inference_results_v4.0, closed/NVIDIA/results/DGX-H100_H100-SXM-80GBx1_TRT"
@@ -61,6 +67,8 @@ class Row:
     peer: str
     bs1_ms: float
     bs256_per_s: float
+    best_per_s: float  # the best over the batches measured
+    best_batch: int
     accuracy: str
     peak_gpu_mb: float
     note: str = ""
@@ -143,28 +151,86 @@ def torch_peer(module: Any, dtype: torch.dtype, channels_last: bool) -> Callable
 
 
 def measure_row(model: str, peer: str, run: Callable[[list[torch.Tensor]], Any], make: Any, task: str,
-                reference: np.ndarray, note: str = "") -> Row:
+                reference: np.ndarray, note: str = "", batches: tuple[int, ...] = THROUGHPUT_BATCHES,
+                eval_batch: int = 16, latency: bool = True) -> Row:
+    """``eval_batch``: accuracy is read in chunks of this many rows, the last padded up to it (a compile
+    for static shapes then sees no other size); ``latency``: also time batch 1."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     evaluation = [torch.from_numpy(v).cuda() for v in make(EVAL_SAMPLES, 1).values()]
-    got = torch.cat([run([a[i:i + 16] for a in evaluation]).float() for i in range(0, EVAL_SAMPLES, 16)])
-    timed = {}
-    for batch in BATCHES:
+    got = torch.cat([run([_padded(a[i:i + eval_batch], eval_batch) for a in evaluation])[:EVAL_SAMPLES - i]
+                     .float() for i in range(0, EVAL_SAMPLES, eval_batch)])
+    timed = {1: float("nan")}
+    for batch in (1, *batches) if latency else batches:
         args = [torch.from_numpy(v).cuda() for v in make(batch, 2).values()]
         timed[batch] = gpu_time(lambda args=args: run(args), 200 if batch == 1 else 20)
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    row = Row(model, peer, timed[1], 256 * 1000 / timed[256], agreement(got.cpu().numpy(), reference, task), peak,
-              note)
-    print(f"  {model} {peer}: bs1 {row.bs1_ms:.3f} ms, bs256 {row.bs256_per_s:,.0f}/s, {row.accuracy}, "
-          f"peak {row.peak_gpu_mb:.0f} MB {note}", flush=True)
+    rates = {b: b * 1000 / timed[b] for b in batches}
+    best = max(rates, key=rates.__getitem__)
+    row = Row(model, peer, timed[1], rates.get(256, float("nan")), rates[best], best,
+              agreement(got.cpu().numpy(), reference, task), peak, note)
+    print(f"  {model} {peer}: bs1 {row.bs1_ms:.3f} ms, " + ", ".join(f"bs{b} {r:,.0f}/s" for b, r in rates.items())
+          + f", {row.accuracy}, peak {row.peak_gpu_mb:.0f} MB {note}", flush=True)
     return row
 
 
-def run_model(name: str, backends: tuple[str, ...], precisions: tuple[str, ...]) -> list[Row]:
+def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.cat([rows, rows[-1:].expand(size - len(rows), *rows.shape[1:])]) if len(rows) < size else rows
+
+
+def kernel_profile(label: str, run: Callable[[list[torch.Tensor]], Any], args: list[torch.Tensor],
+                   out: Path, calls: int = 3) -> str:
+    """torch.profiler over ``calls`` calls: GPU kernel time by kind (cuDNN convolution, cuBLAS/nvjet GEMM,
+    Triton, elementwise, pooling), the GPU's busy share of the wall time, and the costliest kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        run(args)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        for _ in range(calls):
+            run(args)
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - started) * 1e6
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            entry = kernels.setdefault(event.name, [0.0, 0])
+            entry[0] += event.time_range.elapsed_us()
+            entry[1] += 1
+    total = sum(t for t, _ in kernels.values()) or 1.0
+    kinds: dict[str, float] = {}
+    for name, (t, _) in kernels.items():
+        kinds[_kernel_kind(name)] = kinds.get(_kernel_kind(name), 0.0) + t
+    lines = [f"{label}: {total / calls / 1000:.3f} ms of GPU kernels per call, wall {wall_us / calls / 1000:.3f} ms, "
+             f"GPU busy {100 * total / wall_us:.0f}%, {sum(n for _, n in kernels.values()) // calls} kernels per call"]
+    lines += [f"  {kind:<28} {t / calls / 1000:7.3f} ms {100 * t / total:5.1f}%"
+              for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    lines += [f"    {t / calls / 1000:7.3f} ms x{n // calls:<3} {name[:140]}"
+              for name, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:12]]
+    text = "\n".join(lines)
+    (out / f"profile_{label.replace(' ', '_').replace('/', '_')}.txt").write_text(text + "\n")
+    print(text, flush=True)
+    return text
+
+
+def _kernel_kind(name: str) -> str:
+    n = name.lower()
+    kinds = (("triton", ("triton",)), ("cuDNN convolution", ("fprop", "conv", "xmma", "implicit")),
+             ("GEMM (cuBLAS/nvjet)", ("gemm", "nvjet", "cublas", "cutlass")), ("pooling", ("pool",)),
+             ("elementwise/copy", ("elementwise", "copy", "vectorized", "reduce", "padding")))
+    return next((kind for kind, words in kinds if any(w in n for w in words)), "other")
+
+
+def run_model(name: str, backends: tuple[str, ...], precisions: tuple[str, ...], objective: str,
+              max_autotune: bool, profile_dir: Path | None) -> list[Row]:
     import inferforge
     from inferforge.bench import BenchSettings
     from inferforge.data import Dataset
+    from inferforge.options import Objective
     from inferforge.search import SearchOptions
     from inferforge.validate import Task
 
@@ -191,12 +257,16 @@ def run_model(name: str, backends: tuple[str, ...], precisions: tuple[str, ...])
     torch.cuda.synchronize()
     rows.append(measure_row(name, "torch.compile default (fp16)", compiled, make, task, reference_np,
                             f"first call (compiles) {time.perf_counter() - started:.0f} s"))
+    profile_args = [torch.from_numpy(v).cuda() for v in make(256, 2).values()]
+    if profile_dir is not None:
+        kernel_profile(f"{name} torch.compile default bs256", compiled, profile_args, profile_dir)
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
     with tempfile.TemporaryDirectory() as tmp:
         options = SearchOptions(task=Task.CLASSIFY if task == "classify" else Task.EMBED, device="cuda",
                                 backends=backends, precisions=precisions, cpu_fallback=False, tune=False,
-                                bench=BenchSettings(batch_sizes=BATCHES, min_seconds=0.5, max_seconds=3,
-                                                    sweep_seconds=0.5))
+                                objective=Objective(objective),
+                                bench=BenchSettings(batch_sizes=(1, *THROUGHPUT_BATCHES), min_seconds=0.5,
+                                                    max_seconds=3, sweep_seconds=0.5))
         data = Dataset(make(EVAL_SAMPLES, 1), None, "generated, held out")
         started = time.perf_counter()
         result = inferforge.optimize(model.cpu(), inputs=specs, data=data, options=options,
@@ -213,8 +283,19 @@ def run_model(name: str, backends: tuple[str, ...], precisions: tuple[str, ...])
         def pick(args: list[torch.Tensor]) -> Any:
             return runner.run_native(runner.to_native(dict(zip(names, args, strict=True))))[0]
 
-        rows.append(measure_row(name, "inferforge pick", pick, make, task, reference_np,
+        rows.append(measure_row(name, f"inferforge pick ({objective})", pick, make, task, reference_np,
                                 f"{key}; search {search_s:.0f} s"))
+        if profile_dir is not None:
+            kernel_profile(f"{name} inferforge pick bs256", pick, profile_args, profile_dir)
+    if max_autotune:  # last, the slowest to compile: one static batch of 256 (ResNet-50: minutes of autotuning)
+        tuned = torch_peer(torch.compile(fp16_module, mode="max-autotune", dynamic=False), torch.float16,
+                           channels_last)
+        started = time.perf_counter()
+        tuned([torch.from_numpy(v).cuda() for v in make(256, 3).values()])
+        torch.cuda.synchronize()
+        rows.append(measure_row(name, "torch.compile max-autotune (fp16)", tuned, make, task, reference_np,
+                                f"compile {time.perf_counter() - started:.0f} s; batch 256 only", batches=(256,),
+                                eval_batch=256, latency=False))
     return rows
 
 
@@ -223,16 +304,23 @@ def render(rows: list[Row], command: str) -> str:
     lines = [
         f"Measured {date.today().isoformat()} with `{command}` on {props.name} ({props.multi_processor_count} SMs), "
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}. Batch 1: median "
-        "of 200 calls; batch 256: median of 20; CUDA events around each call, inputs already on the GPU. Accuracy: "
+        "of 200 calls; batches 256 and up: median of 20; CUDA events around each call, inputs already on the GPU. Accuracy: "
         f"{EVAL_SAMPLES} held-out generated samples against the FP32 model on the same GPU (TF32 off). Random "
         "weights: agreement, not task accuracy.",
         "",
-        "| model | path | bs1 ms | bs256 samples/s | accuracy vs FP32 | peak GPU MB | note |",
-        "|---|---|---|---|---|---|---|",
+        "| model | path | bs1 ms | bs256 samples/s | best samples/s (batch) | accuracy vs FP32 | peak GPU MB | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r.model} | {r.peer} | {r.bs1_ms:.3f} | {r.bs256_per_s:,.0f} | {r.accuracy} | "
-                     f"{r.peak_gpu_mb:.0f} | {r.note} |")
+        bs1 = f"{r.bs1_ms:.3f}" if r.bs1_ms == r.bs1_ms else "not timed"  # NaN: a static batch-256 compile
+        lines.append(f"| {r.model} | {r.peer} | {bs1} | {r.bs256_per_s:,.0f} | {r.best_per_s:,.0f} "
+                     f"({r.best_batch}) | {r.accuracy} | {r.peak_gpu_mb:.0f} | {r.note} |")
+    lines += ["", "Best throughput of the pick over torch.compile's best, same run:", ""]
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        picks = [r for r in mine if r.peer.startswith("inferforge")]
+        for peer in (r for r in mine if r.peer.startswith("torch.compile")):
+            lines += [f"- {model}: {p.peer} / {peer.peer}: {p.best_per_s / peer.best_per_s:.2f}x" for p in picks]
     lines += ["", "TensorRT reference (published, not measured here; TensorRT cannot be installed on this machine):", ""]
     lines += [f"- {model}: {TENSORRT_REFERENCE[model]}" for model in dict.fromkeys(r.model for r in rows)]
     return "\n".join(lines) + "\n"
@@ -244,17 +332,21 @@ def main() -> int:
     # torchao FP8/INT8 are opt-in here (--backends eager,inductor,torchao --precisions fp16,fp8,int8): they
     # measured slower than FP16 with CUDA graphs (gpu_probe.py candidates), and their compiles (about 150 s
     # each) would push the suite past 9 minutes.
-    parser.add_argument("--backends", default="eager,inductor")
+    parser.add_argument("--backends", default="eager,inductor,cudnn-fused")
     parser.add_argument("--precisions", default="fp16")
+    parser.add_argument("--objective", choices=("latency", "throughput"), default="latency")
+    parser.add_argument("--max-autotune", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
     started = time.perf_counter()
     rows: list[Row] = []
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         print(f"== {name}", flush=True)
-        rows += run_model(name, tuple(args.backends.split(",")), tuple(args.precisions.split(",")))
+        rows += run_model(name, tuple(args.backends.split(",")), tuple(args.precisions.split(",")), args.objective,
+                          args.max_autotune, args.out if args.profile else None)
     table = render(rows, "python3 benchmarks/gpu_suite.py " + " ".join(sys.argv[1:]))
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_suite.md").write_text(table)
     (args.out / "gpu_suite.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     print(table)

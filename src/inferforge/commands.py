@@ -17,7 +17,7 @@ from inferforge.calibration import WHAT as CALIBRATION_DATA
 from inferforge.data import check_data_ref
 from inferforge.destination import check_destination
 from inferforge.errors import InferforgeError, SpecError
-from inferforge.options import Objective, SearchOptions
+from inferforge.options import Objective, SearchOptions, default_batch_sizes
 from inferforge.progress import SearchProgress, print_table
 from inferforge.report import report_json, rich_leaderboard
 from inferforge.search import candidate_configs
@@ -36,9 +36,11 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
         extra["cache_dir"] = None if args.no_cache else args.cache_dir
     budget = _given(args, max_accuracy_drop="max_accuracy_drop", min_cosine="min_cosine",
                     min_top1_agreement="min_top1_agreement")
+    objective = Objective(args.objective)
     bench = _given(args, batch_sizes="batch_sizes")
+    bench.setdefault("batch_sizes", default_batch_sizes(args.target, objective))
     return SearchOptions(
-        objective=Objective(args.objective),
+        objective=objective,
         budget=AccuracyBudget(**budget),
         task=Task(args.task),
         bench=BenchSettings(**bench),

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from inferforge.serve.batcher import BatchTiming
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BATCH_BUCKETS = tuple(2**i for i in range(11))  # batch-size histogram: 1 .. 1024, as the largest GPU batches
 STATES = ("LOADING", "READY", "UNAVAILABLE")
 
 
