@@ -79,3 +79,25 @@ def test_runner_rejects_inputs_outside_the_spec(tmp_path: Path) -> None:
     runner = backend.load(backend.build(source, backend.configs("cpu")[0], tmp_path), source.spec, threads=1)
     with pytest.raises(SpecError, match="dimension 1 is 3, expected 16"):
         runner({"x": np.zeros((2, 3), np.float32)})
+
+
+def test_runner_fast_path_takes_exact_numpy_and_leaves_everything_else_to_the_full_checks(tmp_path: Path) -> None:
+    """numpy inputs of exactly the spec's dtype and dims skip conversion; torch still gets torch back, and
+    every misfit still gets the full message."""
+    from inferforge.errors import SpecError
+
+    source = load_source("models:make_mlp")
+    backend = get_backend("onnxruntime")
+    runner = backend.load(backend.build(source, backend.configs("cpu")[0], tmp_path), source.spec, threads=1)
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    exact = runner({"x": x})
+    assert set(exact) == {o.name for o in source.spec.outputs}
+    name = source.spec.outputs[0].name
+    through_torch = runner({"x": torch.from_numpy(x)})[name]
+    assert isinstance(through_torch, torch.Tensor) and isinstance(exact[name], np.ndarray)
+    np.testing.assert_allclose(through_torch.numpy(), exact[name], rtol=1e-6)
+    for bad, message in (({"x": x[:, :3]}, "dimension 1 is 3"), ({"x": x, "z": x}, "unknown input"),
+                         ({"x": x.astype(np.float64)}, "dtype float64, expected float32"),
+                         ({"x": x[None]}, "has rank 3"), ({"y": x}, "missing input")):
+        with pytest.raises(SpecError, match=message):
+            runner(bad)

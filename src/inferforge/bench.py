@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from inferforge.backends.base import Runner
 
+K = TypeVar("K")  # what interleave's callers name their candidates by
 SPEC_SHAPE = "the spec's example shape"  # what BenchReport.timed_on says when no data shapes were timed
 
 
@@ -175,25 +176,28 @@ class cycling_call:  # noqa: N801 - used like a function
         return self._run(native)
 
 
-def interleave(calls: Mapping[str, Callable[[], Any]], units: Mapping[str, int], first_pass_ms: Mapping[str, float],
-               settings: BenchSettings, device: str = "cpu") -> dict[str, np.ndarray]:
+def interleave(calls: Mapping[K, Callable[[], Any]], units: Mapping[K, int], first_pass_ms: Mapping[K, float],
+               settings: BenchSettings, device: str = "cpu") -> dict[K, np.ndarray]:
     """Time several candidates in turns (A B C, B C A, C A B, ...) in one process window, so the machine's
     drifts (another job, frequency, cache) hit all of them alike; a ranking from separate runs minutes
-    apart trusts any gap. Each turn is a block of calls lasting about ``settings.confirm_block_seconds``
-    (from ``first_pass_ms``); returns, per key, the ms per unit (sample) of each round's block, rounds
-    aligned across keys, so ratios can be taken round by round (``ratio_interval``)."""
+    apart trusts any gap. Each turn is one untimed call (a runtime whose thread pool slept while the others
+    ran would pay for waking it, which a steady stream of calls does not), then a block of calls lasting
+    about ``settings.confirm_block_seconds`` (from ``first_pass_ms``); returns, per key, the ms per unit
+    (sample) of each round's block, rounds aligned across keys, so ratios can be taken round by round
+    (``ratio_interval``)."""
     keys = list(calls)
     timers = {k: _cuda_timer(calls[k]) if device == "cuda" else _host_timer(calls[k]) for k in keys}
     block = {k: max(1, round(1e3 * settings.confirm_block_seconds / max(first_pass_ms[k], 1e-3))) for k in keys}
     for k in keys:  # warm-up round: every feed of every candidate once more
         for _ in range(block[k]):
             timers[k]()
-    times: dict[str, list[float]] = {k: [] for k in keys}
+    times: dict[K, list[float]] = {k: [] for k in keys}
     started = time.perf_counter()
     rounds = 0
     while rounds < settings.confirm_max_rounds:
         for j in range(len(keys)):
             key = keys[(rounds + j) % len(keys)]
+            calls[key]()  # untimed: the runtime's threads and caches wake after the others ran
             spent = sum(timers[key]() for _ in range(block[key]))
             times[key].append(spent / (block[key] * units[key]))
         rounds += 1

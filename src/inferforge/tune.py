@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends.base import Runner
-from inferforge.bench import cycling_call, time_calls
+from inferforge.bench import BenchSettings, cycling_call, interleave, ratio_interval
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,7 @@ def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str
     """Measure ``load(threads)`` runners: p50 at batch 1 per thread count, then samples/s for each split
     of the cores into instances x threads (instances call one shared runner from parallel threads).
     ``feeds(batch)``: the inputs the search's objective was timed on (traffic.feeds_for)."""
-    latency: dict[int, float] = {}
-    for threads in thread_counts(cores):
-        call = cycling_call(load(threads), feeds(1))
-        stats = time_calls(call, 1, warmup=max(2, call.feeds), min_runs=10, max_runs=5000,
-                           min_seconds=settings.latency_seconds, max_seconds=settings.latency_seconds * 3)
-        latency[threads] = stats.p50_ms
+    latency_threads, latency = _latency_threads(load, feeds(1), cores, settings)
     throughput: dict[str, float] = {}
     best = (0.0, 1, cores)
     for threads in thread_counts(cores):
@@ -72,10 +67,47 @@ def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str
         throughput[f"{instances}x{threads}"] = rate
         if rate > best[0]:
             best = (rate, instances, threads)
-    fastest = min(latency.values())
-    # Within 5% is noise on a shared machine: take the fewest threads, leaving cores to the rest of the host.
-    latency_threads = min(t for t, p50 in latency.items() if p50 <= fastest * 1.05)
     return Tuning(latency_threads, latency, best[1], best[2], throughput_batch, throughput)
+
+
+def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np.ndarray]], cores: int,
+                     settings: TuningSettings) -> tuple[int, dict[int, float]]:
+    """The fewest threads not measurably slower at batch 1 than the fastest count, and each count's p50. The
+    counts are timed in turns (bench.interleave), each call under its own thread count (torch's is per
+    process): measured one after the other, a noisy moment decides, and a 5% margin picked 1 thread for a
+    model 1.6x faster on 2."""
+    runners = {threads: load(threads) for threads in thread_counts(cores)}
+    calls = {threads: _under_threads(threads, cycling_call(runner, feeds)) for threads, runner in runners.items()}
+    first = {threads: _one_call_ms(call) for threads, call in calls.items()}
+    rounds = BenchSettings(confirm_min_rounds=8, confirm_max_rounds=40,
+                           confirm_seconds=settings.latency_seconds * len(calls), confirm_block_seconds=0.03)
+    times = interleave(calls, dict.fromkeys(calls, 1), first, rounds)
+    p50 = {threads: float(np.median(t)) for threads, t in times.items()}
+    fastest = min(p50, key=p50.__getitem__)
+    tied = [t for t in sorted(times) if ratio_interval(times[t], times[fastest])[1] <= 1.0]
+    return (tied[0] if tied else fastest), p50
+
+
+def _under_threads(threads: int, call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` with torch's intra-op threads set first (a no-op cost for runtimes with their own pools)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return call
+
+    def run() -> Any:
+        torch.set_num_threads(threads)
+        return call()
+
+    return run
+
+
+def _one_call_ms(call: Callable[[], Any]) -> float:
+    call()
+    started = time.perf_counter()
+    call()
+    return 1e3 * (time.perf_counter() - started)
 
 
 def _samples_per_second(runner: Runner, inputs: dict[str, np.ndarray], instances: int, seconds: float) -> float:
