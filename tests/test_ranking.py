@@ -160,3 +160,14 @@ def test_search_decides_on_the_datas_own_lengths_and_re_measures_the_leaders(tmp
     assert DATA_SHAPES_P50 in board and SPEC_SHAPE_P50 in board and CONFIRMED in board
     assert any("decided on the data's samples at their own lengths: S 3..8" in n for n in result.search.notes)
     assert any("re-measured in turns" in n for n in result.search.notes)
+
+
+def test_the_re_measure_can_be_turned_off_and_the_note_says_the_first_pass_ranks() -> None:
+    import inferforge
+
+    options = fast_options(backends=("eager", "onnxruntime"), precisions=("fp32",),
+                           bench=replace(FAST_BENCH, confirm_max_rounds=0))
+    result = inferforge.optimize("models:make_mlp", options=options, out=None)
+    assert len(result.search.passed) == 2
+    assert all(c.confirmation is None for c in result.search.candidates)
+    assert any("not re-measured" in n and "first pass" in n for n in result.search.notes)

@@ -53,3 +53,23 @@ def test_tune_loads_each_thread_count_for_latency_and_again_for_throughput() -> 
                   settings=TuningSettings(latency_seconds=0.05, throughput_seconds=0.05))
     assert calls == [1, 2, 1, 2]  # torch's thread count is per process: reloaded before each throughput run
     assert chosen.throughput_batch == 4 and set(chosen.throughput) == {"2x1", "1x2"}
+
+
+def test_tuning_leaves_the_callers_torch_threads_as_they_were() -> None:
+    import torch
+
+    class Constant:
+        def to_native(self, inputs):  # type: ignore[no-untyped-def]
+            return [inputs["x"]]
+
+        def run_native(self, args):  # type: ignore[no-untyped-def]
+            return [args[0]]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tune(lambda threads: Constant(), lambda n: [{"x": np.zeros((n, 4), np.float32)}], cores=2,  # type: ignore[arg-type]
+             throughput_batch=4, settings=TuningSettings(latency_seconds=0.05, throughput_seconds=0.05))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -46,6 +46,7 @@ from inferforge.validate import collect_outputs
 __all__ = ["CandidateResult", "Objective", "Progress", "SearchOptions", "SearchResult", "Status",
            "USER_CODE_HANDICAP", "candidate_configs", "rank", "reference_outputs", "run_search"]
 PROTECTED_WINDOW_S = 60.0  # a protected candidate started near or past the deadline still gets this long
+FIRST_PASS_ONLY = "the ranking is the first pass's, one measurement per candidate"
 CONFIRM_STARTUP_S = 10.0  # about what loading the leaders again takes before their re-measure
 
 
@@ -178,13 +179,16 @@ def _confirmed(ranked: list[CandidateResult], evaluator: Any, options: SearchOpt
     chosen = contenders(ranked, options.objective)
     if not chosen:
         return ranked, []
+    if options.bench.confirm_max_rounds < 2:
+        return ranked, [f"the leaders were not re-measured side by side (BenchSettings.confirm_max_rounds is under "
+                        f"2): {FIRST_PASS_ONLY}"]
     needed = CONFIRM_STARTUP_S + options.bench.confirm_seconds
     if deadline is not None and deadline - time.monotonic() < needed:
         return ranked, [f"the leaders were not re-measured side by side: less than {needed:.0f} s of the time "
-                        "budget was left; the ranking is the first pass's, one measurement per candidate"]
+                        f"budget was left; {FIRST_PASS_ONLY}"]
     stop_at = time.monotonic() + options.candidate_timeout_s if deadline is None else deadline
     report(f"{len(chosen)} leaders", "re-measuring side by side")
     times = evaluator.remeasure(chosen, stop_at)
     if isinstance(times, str):
-        return ranked, [f"the ranking is the first pass's: {times}"]
+        return ranked, [f"{FIRST_PASS_ONLY}: {times}"]
     return confirm(ranked, times, options.objective)

@@ -9,6 +9,7 @@ throughput instances and threads.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,16 +58,22 @@ def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str
     """Measure ``load(threads)`` runners: p50 at batch 1 per thread count, then samples/s for each split
     of the cores into instances x threads (instances call one shared runner from parallel threads).
     ``feeds(batch)``: the inputs the search's objective was timed on (traffic.feeds_for)."""
-    latency_threads, latency = _latency_threads(load, feeds(1), cores, settings)
-    throughput: dict[str, float] = {}
-    best = (0.0, 1, cores)
-    for threads in thread_counts(cores):
-        instances = max(1, cores // threads)
-        runner = load(threads)  # again: torch's thread count is per process, the last load set it
-        rate = _samples_per_second(runner, feeds(throughput_batch)[0], instances, settings.throughput_seconds)
-        throughput[f"{instances}x{threads}"] = rate
-        if rate > best[0]:
-            best = (rate, instances, threads)
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        latency_threads, latency = _latency_threads(load, feeds(1), cores, settings)
+        throughput: dict[str, float] = {}
+        best = (0.0, 1, cores)
+        for threads in thread_counts(cores):
+            instances = max(1, cores // threads)
+            runner = load(threads)  # again: torch's thread count is per process, the last load set it
+            rate = _samples_per_second(runner, feeds(throughput_batch)[0], instances, settings.throughput_seconds)
+            throughput[f"{instances}x{threads}"] = rate
+            if rate > best[0]:
+                best = (rate, instances, threads)
+    finally:  # loads and timed calls set torch's per-process threads: the caller keeps the count it had
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
     return Tuning(latency_threads, latency, best[1], best[2], throughput_batch, throughput)
 
 
@@ -90,8 +97,6 @@ def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np
 
 def _under_threads(threads: int, call: Callable[[], Any]) -> Callable[[], Any]:
     """``call`` with torch's intra-op threads set first (a no-op cost for runtimes with their own pools)."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None:
         return call
