@@ -119,6 +119,18 @@ def test_a_clear_gap_is_not_a_tie_even_against_a_simpler_artifact() -> None:
     assert any("not measurably slower" in n for n in notes)
 
 
+def test_a_wide_interval_is_no_tie_the_median_ranks() -> None:
+    rng = np.random.default_rng(2)
+    ranked = rank([_result("onnxruntime", Precision.INT8, 10.0), _result("openvino", Precision.INT8, 10.5)],
+                  Objective.LATENCY)
+    shared = rng.normal(1.0, 0.02, 12)
+    # The portable one is 4% slower in the median but swings by 10% from round to round: no tie.
+    keyed = {ranked[0].key: 10.4 * shared * rng.normal(1.0, 0.10, 12), ranked[1].key: 10.0 * shared}
+    order, _ = confirm(ranked, keyed, Objective.LATENCY)
+    loser = order[1].confirmation
+    assert order[0].config.backend == "openvino" and loser.low <= 1.0 and loser.high > 1.05 and not loser.tie
+
+
 def test_rejected_and_failed_candidates_are_never_re_measured() -> None:
     passed = _result("onnxruntime", Precision.FP32, 10.0)
     rejected = replace(_result("openvino", Precision.INT8, 5.0), status=Status.REJECTED)

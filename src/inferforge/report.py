@@ -151,8 +151,8 @@ def report_markdown(result: SearchResult, dataset: Dataset, model_name: str) -> 
         "variation; throughput is samples/s at the median latency of the best batch size. Where the validation "
         "data pads a dynamic length, the data's samples at their own lengths decide (\"data\"), and the spec's "
         "example shape is shown beside them (\"spec\"). \"vs fastest\" is the leaders' re-measure in turns: the "
-        "median ratio of each one's time to the fastest's with its 95% interval; an interval holding 1.00 is a "
-        "tie, which goes to the simpler artifact. Peak RSS is the rise in resident memory over load, validation "
+        "median ratio of each one's time to the fastest's with its 95% interval; an interval holding 1.00 and "
+        "staying under 1.05 is a tie, which goes to the simpler artifact. Peak RSS is the rise in resident memory over load, validation "
         "and benchmark.",
         "",
     ]
