@@ -22,6 +22,7 @@ import numpy as np
 
 from inferforge.backends.base import Runner
 
+TIE_MARGIN = 1.05  # is_tie: the most a tied choice may plausibly lose
 K = TypeVar("K")  # what interleave's callers name their candidates by
 SPEC_SHAPE = "the spec's example shape"  # what BenchReport.timed_on says when no data shapes were timed
 
@@ -207,6 +208,14 @@ def interleave(calls: Mapping[K, Callable[[], Any]], units: Mapping[K, int], fir
         if elapsed >= 3 * settings.confirm_seconds and rounds >= 3:  # slow candidates: short of min rounds
             break
     return {k: np.asarray(v) for k, v in times.items()}
+
+
+def is_tie(low: float, high: float) -> bool:
+    """A ratio's interval that cannot tell the gap from none (it holds 1.0) and cannot show it to exceed
+    TIE_MARGIN: then the simpler choice may win. An interval of [0.99, 1.11] (ResNet-50, ONNX Runtime INT8
+    against OpenVINO INT8) holds 1.0 but leaves an 11% loss plausible, and the simpler artifact then measured
+    0.83x in the next run: a wide interval is no tie, and the median ranks."""
+    return low <= 1.0 and high <= TIE_MARGIN
 
 
 def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, confidence: float = 0.95,

@@ -5,7 +5,7 @@ machine medians move by a third between runs, so a single pass trusts gaps that 
 there. The leaders (the best CONTENDERS and any within CONTENDER_RATIO of the best) are
 then re-measured in turns, in one process window (bench.interleave), and each is compared
 with the fastest round by round, with a bootstrap interval. A gap whose interval holds
-1.0 and stays under TIE_MARGIN is a tie, and a tie goes to the simpler artifact: one that
+1.0 and stays under bench.TIE_MARGIN is a tie, and a tie goes to the simpler artifact: one that
 runs no user code, then a portable one, then the higher precision, then the faster to load. The pick is finally
 checked against every passing candidate: never measurably slower than any of them.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends import get_backend
-from inferforge.bench import cycling_call, interleave, ratio_interval
+from inferforge.bench import cycling_call, interleave, is_tie, ratio_interval
 from inferforge.candidate import CandidateResult, SearchContext, Status
 from inferforge.options import Objective
 from inferforge.types import Precision
@@ -30,11 +30,6 @@ USER_CODE_HANDICAP = 1.1
 CONTENDERS = 4  # the best this many of the first pass are re-measured side by side ...
 CONTENDER_RATIO = 1.5  # ... and any other within this factor of the best (the noise seen between runs here)
 CONFIDENCE = 0.95
-# A tie is a gap the interval cannot tell from none AND cannot show to exceed this: an interval of
-# [0.99, 1.11] (ResNet-50, ONNX Runtime INT8 against OpenVINO INT8) holds 1.0 but leaves an 11% loss
-# plausible, and the simpler artifact then measured 0.83x in the next run. Such a wide interval is no tie:
-# the median ratio ranks.
-TIE_MARGIN = 1.05
 # Simpler first: full precision before reduced, reduced floating point before quantized.
 PRECISION_SIMPLICITY = {Precision.FP32: 0, Precision.TF32: 1, Precision.BF16: 2, Precision.FP16: 2,
                         Precision.FP8: 3, Precision.INT8: 3}
@@ -51,7 +46,7 @@ class Confirmation:
     ratio: float  # this candidate's time / the fastest's (handicap included), median over rounds
     low: float  # CONFIDENCE interval of the ratio
     high: float
-    tie: bool  # the interval holds 1.0 and stays under TIE_MARGIN: not told apart from the fastest
+    tie: bool  # bench.is_tie: not told apart from the fastest
 
     def describe(self) -> str:
         if self.ratio == 1.0 and self.low == 1.0:
@@ -129,8 +124,7 @@ def confirm(ranked: Sequence[CandidateResult], times: Mapping[str, np.ndarray],
         if c is fastest:
             ratio = low = high = 1.0
         c.confirmation = Confirmation(timed_batch(c, objective), len(times[c.key]),
-                                      float(np.median(times[c.key])), ratio, low, high,
-                                      low <= 1.0 and high <= TIE_MARGIN)
+                                      float(np.median(times[c.key])), ratio, low, high, is_tie(low, high))
         confirmed[c.key] = c
     tied = [c for c in measured if c.confirmation.tie]
     pick = next((c for c in sorted(tied, key=simplicity) if _never_slower(c, measured, scaled)), fastest)

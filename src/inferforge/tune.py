@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends.base import Runner
-from inferforge.bench import BenchSettings, cycling_call, interleave, ratio_interval
+from inferforge.bench import BenchSettings, cycling_call, interleave, is_tie, ratio_interval
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str
 
 def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np.ndarray]], cores: int,
                      settings: TuningSettings) -> tuple[int, dict[int, float]]:
-    """The fewest threads not measurably slower at batch 1 than the fastest count, and each count's p50. The
+    """The fewest threads tied with the fastest count at batch 1 (bench.is_tie), and each count's p50. The
     counts are timed in turns (bench.interleave), each call under its own thread count (torch's is per
     process): measured one after the other, a noisy moment decides, and a 5% margin picked 1 thread for a
     model 1.6x faster on 2."""
@@ -91,7 +91,7 @@ def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np
     times = interleave(calls, dict.fromkeys(calls, 1), first, rounds)
     p50 = {threads: float(np.median(t)) for threads, t in times.items()}
     fastest = min(p50, key=p50.__getitem__)
-    tied = [t for t in sorted(times) if ratio_interval(times[t], times[fastest])[1] <= 1.0]
+    tied = [t for t in sorted(times) if is_tie(*ratio_interval(times[t], times[fastest])[1:])]
     return (tied[0] if tied else fastest), p50
 
 
