@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 import inferforge
-from inferforge.bench import BenchSettings, interleave, ratio_interval
+from inferforge.bench import BenchSettings, interleave, one_call_ms, ratio_interval
 from inferforge.data import Dataset
 from inferforge.environment import cpu_model, usable_cores, version_of
 from inferforge.search import Objective, SearchOptions
@@ -292,7 +292,7 @@ def bench_model(name: str, threads: int) -> list[Row]:
         reports = {label: judge(peer.run, work, reference, spec) for label, peer in candidates.items()}
         for shape, feed in work.timed.items():
             calls = {label: (lambda run=peer.run, feed=feed: run(feed)) for label, peer in candidates.items()}
-            first = {label: _one_call_ms(call) for label, call in calls.items()}
+            first = {label: one_call_ms(call) for label, call in calls.items()}
             times = interleave(calls, dict.fromkeys(calls, 1), first, TIMING)
             for label, peer in candidates.items():
                 row = Row(name, shape, label, times[label], describe(reports[label]), reports[label].passed,
@@ -301,14 +301,6 @@ def bench_model(name: str, threads: int) -> list[Row]:
                 print(f"  {name} {shape} {label}: {row.p50_ms:.2f} ms (spread {row.spread:.2f}, {len(row.rounds)} "
                       f"rounds) {row.accuracy} {peer.note}", flush=True)
     return rows
-
-
-def _one_call_ms(call: Callable[[], Any]) -> float:
-    """A first guess of a call's time, so interleave sizes its blocks (after a warm-up call)."""
-    call()
-    started = time.perf_counter()
-    call()
-    return 1e3 * (time.perf_counter() - started)
 
 
 # ---- report -------------------------------------------------------------------------------------------------------

@@ -210,6 +210,14 @@ def interleave(calls: Mapping[K, Callable[[], Any]], units: Mapping[K, int], fir
     return {k: np.asarray(v) for k, v in times.items()}
 
 
+def one_call_ms(call: Callable[[], Any]) -> float:
+    """A first guess of one call's time after a warm-up call, so ``interleave`` can size its blocks."""
+    call()
+    started = time.perf_counter()
+    call()
+    return 1e3 * (time.perf_counter() - started)
+
+
 def is_tie(low: float, high: float) -> bool:
     """A ratio's interval that cannot tell the gap from none (it holds 1.0) and cannot show it to exceed
     TIE_MARGIN: then the simpler choice may win. An interval of [0.99, 1.11] (ResNet-50, ONNX Runtime INT8

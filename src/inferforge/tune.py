@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends.base import Runner
-from inferforge.bench import BenchSettings, cycling_call, interleave, is_tie, ratio_interval
+from inferforge.bench import BenchSettings, cycling_call, interleave, is_tie, one_call_ms, ratio_interval
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np
     model 1.6x faster on 2."""
     runners = {threads: load(threads) for threads in thread_counts(cores)}
     calls = {threads: _under_threads(threads, cycling_call(runner, feeds)) for threads, runner in runners.items()}
-    first = {threads: _one_call_ms(call) for threads, call in calls.items()}
+    first = {threads: one_call_ms(call) for threads, call in calls.items()}
     rounds = BenchSettings(confirm_min_rounds=8, confirm_max_rounds=40,
                            confirm_seconds=settings.latency_seconds * len(calls), confirm_block_seconds=0.03)
     times = interleave(calls, dict.fromkeys(calls, 1), first, rounds)
@@ -106,13 +106,6 @@ def _under_threads(threads: int, call: Callable[[], Any]) -> Callable[[], Any]:
         return call()
 
     return run
-
-
-def _one_call_ms(call: Callable[[], Any]) -> float:
-    call()
-    started = time.perf_counter()
-    call()
-    return 1e3 * (time.perf_counter() - started)
 
 
 def _samples_per_second(runner: Runner, inputs: dict[str, np.ndarray], instances: int, seconds: float) -> float:
