@@ -114,7 +114,7 @@ class Runner(ABC):
         return self.spec.outputs
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        ready = self._fitting_numpy(inputs) if self.native == "numpy" else None
+        ready = self.fitting_numpy(inputs) if self.native == "numpy" else None
         if ready is not None:  # numpy in, numpy runner, every input already as the spec says
             outputs = self.run_native(ready)
             if all(type(o) is np.ndarray for o in outputs):
@@ -136,7 +136,7 @@ class Runner(ABC):
                       tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int)), s.batch_axis)
                      for s in self.spec.inputs)
 
-    def _fitting_numpy(self, inputs: Mapping[str, Any]) -> list[np.ndarray] | None:
+    def fitting_numpy(self, inputs: Mapping[str, Any]) -> list[np.ndarray] | None:
         """The inputs in spec order when each is a numpy array of exactly the spec's dtype, rank and static
         dims, all of one batch size; else None, and the full check (which names every problem) runs. A small
         model runs in tens of microseconds, about what the full check and conversions cost."""
