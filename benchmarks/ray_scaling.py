@@ -45,7 +45,7 @@ def main() -> int:
     import numpy as np
 
     from inferforge.data import generate_inputs
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
     from inferforge.types import ModelSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="ray-scaling-"))

@@ -537,7 +537,7 @@ def run_all(args: argparse.Namespace, package: Path, tmp: Path) -> tuple[list[Ro
     """Every row, in this order: the inferforge server stays up throughout (idle while LitServe runs)."""
     import inferforge
     from inferforge.demo.minilm import make_data
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
     from inferforge.serve.model import suggested_batching
 
     manifest = read_manifest(package)

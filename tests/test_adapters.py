@@ -17,18 +17,18 @@ import sklearn.datasets
 from conftest import fast_options
 
 import inferforge
-from inferforge.cli import main
-from inferforge.demo import minilm
-from inferforge.errors import DataError, PackageError, ProtocolError, SpecError
-from inferforge.package import MANIFEST, read_manifest
-from inferforge.preprocess import ImagePipeline, decode_image
-from inferforge.serve.adapters import (
+from inferforge.adapters import (
     ImageAdapterSpec,
     TextAdapterSpec,
     build_adapter,
     load_adapter,
     parse_adapter,
 )
+from inferforge.cli import main
+from inferforge.demo import minilm
+from inferforge.errors import DataError, PackageError, ProtocolError, SpecError
+from inferforge.manifest import MANIFEST, read_manifest
+from inferforge.preprocess import ImagePipeline, decode_image
 from inferforge.types import ModelSpec, TensorSpec
 
 PHOTO = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"  # 427 x 640, a real JPEG

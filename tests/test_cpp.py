@@ -77,7 +77,7 @@ def test_cpp_runner_matches_python(fmt: str, factory: str, runner_binary: Path, 
 
 
 def test_export_copies_a_packaged_artifact_and_checks_its_checksum(mlp_package: Path, tmp_path: Path) -> None:
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
 
     keys = [a["key"] for a in read_manifest(mlp_package)["artifacts"]]
     onnx_key = next(k for k in keys if k.startswith("onnxruntime"))

@@ -147,7 +147,7 @@ def test_cuda_timing_waits_for_the_gpu() -> None:
 
 def test_optimize_for_cuda_keeps_a_cpu_fallback(tmp_path: Path) -> None:
     import inferforge
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
 
     out = tmp_path / "pkg"
     result = inferforge.optimize("models:make_small_cnn", out=out, name="cnn",

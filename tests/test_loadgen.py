@@ -10,7 +10,7 @@ import pytest
 from serve_helpers import serving
 
 from inferforge.cli import main
-from inferforge.loadgen import SCENARIOS, LoadgenSettings, bench
+from inferforge.serve.loadgen import SCENARIOS, LoadgenSettings, bench
 
 # Short runs: enough queries for LoadGen's early-stopping minimums, not figures.
 QUICK = LoadgenSettings(duration_s=0.5, search_steps=2, search_duration_s=0.3, samples=64, max_batch=8,

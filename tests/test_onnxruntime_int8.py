@@ -19,7 +19,8 @@ from conftest import fast_options
 
 import inferforge
 from inferforge.backends.base import Artifact, BuildConfig
-from inferforge.backends.onnxruntime import MODEL, OnnxRuntimeBackend, OnnxRuntimeOptions
+from inferforge.backends.onnx_common import MODEL, OnnxRuntimeOptions
+from inferforge.backends.onnxruntime import OnnxRuntimeBackend
 from inferforge.backends.onnxruntime_int8 import quantized_nodes
 from inferforge.data import Dataset, generated_dataset
 from inferforge.errors import BuildError

@@ -23,7 +23,7 @@ from inferforge.backends.openvino import OpenVinoOptions, _has_attention, conver
 from inferforge.data import Dataset, generate_inputs, generated_dataset
 from inferforge.environment import native_bf16_reason, usable_cores, version_of
 from inferforge.errors import BuildError
-from inferforge.package import read_manifest, verify_checksums
+from inferforge.manifest import read_manifest, verify_checksums
 from inferforge.source import ModelSource, load_source
 from inferforge.types import Precision
 

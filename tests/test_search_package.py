@@ -13,7 +13,7 @@ from conftest import FP32_EXACT, fast_options
 import inferforge
 from inferforge.backends.onnxruntime import OnnxRuntimeBackend
 from inferforge.errors import PackageError
-from inferforge.package import MANIFEST
+from inferforge.manifest import MANIFEST
 from inferforge.search import Objective, Status
 
 
@@ -226,7 +226,7 @@ def test_gpu_int8_without_calibration_reads_none(monkeypatch: pytest.MonkeyPatch
 
 def test_every_package_keeps_a_portable_fallback_and_an_artifact_for_each_export_format(tmp_path: Path) -> None:
     from inferforge.export import export_package
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
 
     result = inferforge.optimize("models:make_cnn", out=tmp_path / "p", fallbacks=0,
                                  options=fast_options(backends=("eager", "torchscript", "onnxruntime", "openvino")))

@@ -10,7 +10,7 @@ import torch
 from conftest import fast_options
 
 import inferforge
-from inferforge.package import MANIFEST, tuned_threads
+from inferforge.manifest import MANIFEST, tuned_threads
 from inferforge.tune import TuningSettings, thread_counts, tune
 
 

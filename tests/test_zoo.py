@@ -33,7 +33,7 @@ import inferforge
 from inferforge.backends.base import BuildConfig
 from inferforge.bench import BenchSettings
 from inferforge.data import Dataset
-from inferforge.package import MANIFEST
+from inferforge.manifest import MANIFEST
 from inferforge.search import SearchOptions
 from inferforge.source import flatten_outputs
 

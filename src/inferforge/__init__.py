@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["optimize", "load", "AccuracyBudget", "SearchOptions", "Objective", "Task", "BenchSettings"]
+from inferforge.version import __version__
+
+__all__ = ["__version__", "optimize", "load", "AccuracyBudget", "SearchOptions", "Objective", "Task", "BenchSettings"]
 
 _LAZY = {
     "optimize": "inferforge.api",

@@ -32,7 +32,7 @@ from inferforge.tune import Tuning, tune
 from inferforge.types import TensorSpec
 
 if TYPE_CHECKING:
-    from inferforge.serve.adapters import AdapterSpec
+    from inferforge.adapters import AdapterSpec
 
 DEFAULT_GENERATED_SAMPLES = 64
 TUNING_SECONDS = 15.0  # about what tune.py measures for; not started with less of the time budget left
@@ -79,7 +79,7 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
         check_destination(Path(out), overwrite)  # a bad destination fails now, not after every build
     source = load_source(model, inputs=inputs, example_inputs=example_inputs, name=name)
     if adapter is not None:
-        from inferforge.serve.adapters import build_adapter
+        from inferforge.adapters import build_adapter
 
         build_adapter(adapter, source.spec)  # fail now, not after the search
     if isinstance(data, Dataset):

@@ -65,7 +65,7 @@ class ArtifactCache:
     root: Path
 
     def key(self, source_fingerprint: str, config: BuildConfig, calibration_fingerprint: str | None) -> str:
-        from inferforge import __version__
+        from inferforge.version import __version__
 
         env = fingerprint()
         env.pop("cores", None)  # the same machine with a different affinity builds the same files

@@ -38,8 +38,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _adapter(text: str) -> object:
     """'text:tokenizer=PATH,...' or 'image:target=INPUT,...' -> an adapter spec (parse errors are argparse's)."""
+    from inferforge.adapters import parse_adapter
     from inferforge.errors import SpecError
-    from inferforge.serve.adapters import parse_adapter
 
     try:
         return parse_adapter(text)
@@ -248,7 +248,7 @@ def _optimize(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     """The manifest's summary and whether every artifact still matches its checksums; exit 2 when one does not,
     so a script can tell a damaged package from a sound one."""
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
 
     manifest = read_manifest(args.package)
     integrity = _integrity(args.package, manifest["artifacts"])
@@ -274,9 +274,9 @@ INTACT = "intact"
 
 
 def _integrity(package: Path, entries: list[dict[str, Any]]) -> dict[str, str]:
-    """Per artifact key: 'intact', or what is missing or changed (package.verify_checksums' words)."""
+    """Per artifact key: 'intact', or what is missing or changed (manifest.verify_checksums' words)."""
     from inferforge.errors import PackageError
-    from inferforge.package import verify_checksums
+    from inferforge.manifest import verify_checksums
 
     states = {}
     for entry in entries:

@@ -24,7 +24,7 @@ from inferforge.search import candidate_configs
 from inferforge.validate import AccuracyBudget, Task
 
 if TYPE_CHECKING:
-    from inferforge.serve.adapters import AdapterSpec
+    from inferforge.adapters import AdapterSpec
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
@@ -120,7 +120,7 @@ def optimize_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     """``inferforge bench``: LoadGen's four scenarios, bench.json and a self-contained report.html."""
     from inferforge.html_report import bench_report_html, write_html
-    from inferforge.loadgen import LoadgenSettings, bench
+    from inferforge.serve.loadgen import LoadgenSettings, bench
 
     for flag in ("duration", "latency_bound", "search_steps", "samples_per_query", "max_batch_size", "concurrency"):
         if getattr(args, flag) <= 0:

@@ -123,7 +123,7 @@ class _Side:
 
 def _open_side(ref: str, inputs: Sequence[str], threads: int) -> _Side:
     """A package folder (has a manifest) or anything ``load_source`` takes."""
-    from inferforge.package import MANIFEST
+    from inferforge.manifest import MANIFEST
 
     path = Path(ref)
     if path.is_dir() and (path / MANIFEST).is_file():
@@ -292,7 +292,7 @@ def compare_layers(onnx_a: Path | None, onnx_b: Path | None, dataset: Dataset, r
         missing = " and ".join(s for s, p in (("A", onnx_a), ("B", onnx_b)) if p is None)
         return LayerComparison(note=f"no layer comparison: {missing} has no ONNX graph (intermediates are compared "
                                     "between ONNX graphs: onnxruntime packages or .onnx files)")
-    from inferforge.backends.onnxruntime import create_session
+    from inferforge.backends.onnx_common import create_session
 
     with tempfile.TemporaryDirectory(prefix="inferforge-compare-") as tmp:
         dirs = Path(tmp) / "a", Path(tmp) / "b"

@@ -15,6 +15,7 @@ import numpy as np
 
 from inferforge.errors import DataError, InferforgeError, one_line
 from inferforge.types import ModelSpec, TensorSpec, numpy_dtype
+from inferforge.user_code import resolve_callable
 
 LABELS = "labels"
 VALIDATION_DATA = "validation data"  # how messages name this data; the calibration loader passes its own words
@@ -125,8 +126,6 @@ def _read_folder(path: Path, what: str = VALIDATION_DATA) -> dict[str, np.ndarra
 
 
 def _call_data_factory(ref: str) -> dict[str, np.ndarray]:
-    from inferforge.source import resolve_callable
-
     fn = resolve_callable(ref, "dataset factory")
     try:
         made: Any = fn()

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from inferforge.errors import PackageError
+from inferforge.manifest import MANIFEST
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
@@ -33,8 +34,6 @@ def _check_existing(out: Path, overwrite: bool) -> None:
                            "(a folder to create), or remove the file")
     if not overwrite:
         raise PackageError(f"{out} already exists: choose another --out or pass --overwrite")
-    from inferforge.package import MANIFEST  # package.py calls this module: imported here, not at the top
-
     if not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise PackageError(f"{out} is a folder of other files, not an inferforge package (it has no {MANIFEST}): "
                            "--overwrite replaces packages only, and would delete them; choose another --out")

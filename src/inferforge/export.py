@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.backends import backend_names, get_backend
-from inferforge.backends.base import BuildConfig, artifact_from_json
+from inferforge.backends import artifact_from_json, backend_names, get_backend
+from inferforge.backends.base import BuildConfig
 from inferforge.data import generate_inputs
 from inferforge.environment import unmet_requirements, version_of
 from inferforge.errors import InferforgeError, PackageError, one_line
-from inferforge.package import read_manifest, swap_into_place, verify_checksums
+from inferforge.manifest import read_manifest, swap_into_place, verify_checksums
 from inferforge.types import ModelSpec, Precision, TensorSpec
 
 # format -> (the backend whose artifact is that format, the file it writes)

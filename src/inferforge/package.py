@@ -19,22 +19,26 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inferforge.backends import backend_names, get_backend
-from inferforge.backends.base import EXPORT_FORMATS, Runner, artifact_from_json
+from inferforge.backends import artifact_from_json, backend_names, get_backend
+from inferforge.backends.base import EXPORT_FORMATS, Runner
 from inferforge.cache import file_sha256
 from inferforge.environment import fingerprint, unmet_requirements, usable_cores
 from inferforge.errors import InferforgeError, PackageError, one_line
+from inferforge.manifest import (
+    ARTIFACTS,
+    FORMAT_VERSION,
+    MANIFEST,
+    read_manifest,
+    swap_into_place,
+    tuned_threads,
+    verify_checksums,
+)
 from inferforge.search import CandidateResult, SearchResult
 from inferforge.types import ModelSpec, Precision
 
 if TYPE_CHECKING:
-    from inferforge.serve.adapters import AdapterSpec
+    from inferforge.adapters import AdapterSpec
     from inferforge.tune import Tuning
-
-MANIFEST = "inferforge.json"
-FORMAT_VERSION = 1
-ARTIFACTS = "artifacts"
-
 
 def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResult]:
     """The best candidate and up to ``fallbacks`` more passed ones, one per backend, then whatever the package
@@ -101,7 +105,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
     if not chosen:
         raise InferforgeError("no candidate passed the accuracy budget, so there is nothing to package")
     if adapter is not None:
-        from inferforge.serve.adapters import build_adapter  # serving code stays out of optimize's imports
+        from inferforge.adapters import build_adapter  # serving code stays out of optimize's imports
 
         build_adapter(adapter, spec)
     out = out.resolve()
@@ -143,7 +147,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
 
 def _write_serve_files(staging: Path, adapter: AdapterSpec) -> dict[str, Any]:
     """Copy the adapter's files into serve/ and return the manifest's ``serve`` section."""
-    from inferforge.serve.adapters import SERVE_DIR
+    from inferforge.adapters import SERVE_DIR
 
     folder = staging / SERVE_DIR
     folder.mkdir()
@@ -154,18 +158,6 @@ def _write_serve_files(staging: Path, adapter: AdapterSpec) -> dict[str, Any]:
     return {"path": SERVE_DIR, "sha256": checksums, "adapter": adapter.to_json()}
 
 
-def swap_into_place(staging: Path, out: Path) -> None:
-    """Put a finished folder where ``out`` is, replacing what was there only once the new one is complete."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_html_report(path: Path, report_json: Mapping[str, Any]) -> None:
     """The run's charts and leaderboard as one self-contained page; a package is still written without it."""
     try:
@@ -174,40 +166,6 @@ def _write_html_report(path: Path, report_json: Mapping[str, Any]) -> None:
         path.write_text(optimize_report_html(dict(report_json)))
     except Exception as exc:  # e.g. matplotlib missing: the JSON and Markdown reports carry the same figures
         warnings.warn(f"report.html not written: {one_line(exc)}", stacklevel=3)
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not path.exists():
-        raise PackageError(f"package {path} does not exist")
-    if not manifest_path.is_file():
-        raise PackageError(f"{path} is not an inferforge package: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PackageError(f"{manifest_path} is not valid JSON ({exc}); the package is damaged: rebuild it") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        raise PackageError(f"{manifest_path} is JSON but not an inferforge manifest (an object with a list of "
-                           "artifacts); the package is damaged: rebuild it")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"{path} has package format {manifest.get('format_version')}, this inferforge reads "
-                           f"format {FORMAT_VERSION}: rebuild it or use a matching inferforge")
-    return manifest
-
-
-def verify_checksums(package: Path, entry: Mapping[str, Any]) -> None:
-    """Raise PackageError naming every file that is missing or changed."""
-    problems = []
-    for rel, want in entry["sha256"].items():
-        file = package / entry["path"] / rel
-        if not file.is_file():
-            problems.append(f"{entry['path']}/{rel} is missing")
-        elif file_sha256(file) != want:
-            problems.append(f"{entry['path']}/{rel} does not match its checksum")
-    if problems:
-        raise PackageError(f"package {package} is damaged or was modified: " + "; ".join(problems)
-                           + ". Rebuild it or copy it again.")
 
 
 @dataclass(frozen=True)
@@ -272,12 +230,3 @@ def load(path: str | Path, *, threads: int | None = None, artifact: str | None =
     raise PackageError(f"no artifact in {package} can run on this machine: " + " | ".join(passed_over))
 
 
-def tuned_threads(manifest: Mapping[str, Any], key: str, objective: str = "latency") -> int | None:
-    """The thread count measured best for the chosen artifact (None for others, or when not tuned).
-
-    Never more than this machine's usable cores: a package built on a bigger machine still fits."""
-    tuning = manifest.get("tuning")
-    if not tuning or key != manifest.get("chosen"):
-        return None
-    threads = tuning["latency_threads"] if objective == "latency" else tuning["throughput_threads"]
-    return min(int(threads), usable_cores())

@@ -410,7 +410,7 @@ def count_package_flops(package: Path, spec: ModelSpec, batch_size: int) -> tupl
     """(FLOPs per call or None, where they came from, parameter bytes, where those came from). FLOPs
     from a torch.export program (``.pt2``) of any artifact in the package, else from MatMul/Gemm/Conv
     of an ONNX graph; parameter bytes as stored in that program or graph (else an IR's .bin file)."""
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
 
     entries = read_manifest(package)["artifacts"]
     files = [package / e["path"] / f for e in entries for f in e["files"]]

@@ -100,7 +100,7 @@ def protected(backend: Backend, config: BuildConfig) -> bool:
 def reference_runner(source: ModelSource, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
     """FP32 reference: the PyTorch module under inference_mode, or unoptimized ORT for ONNX."""
     if source.kind is SourceKind.ONNX:
-        from inferforge.backends.onnxruntime import create_session
+        from inferforge.backends.onnx_common import create_session
 
         assert source.path is not None
         session = create_session(source.path, threads, optimize=False)

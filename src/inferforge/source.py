@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
-import importlib.util
 import inspect
 import re
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -23,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from inferforge.data import generate_inputs
 from inferforge.errors import BuildError, SourceError, SpecError, one_line
 from inferforge.types import BATCH, Dim, ModelSpec, TensorSpec, canonical_dtype
+from inferforge.user_code import resolve_callable
 
 
 class SourceKind(StrEnum):
@@ -260,42 +259,6 @@ def absolute_ref(ref: str) -> str:
     return f"{Path(module_ref).resolve()}:{attr}" if module_ref.endswith(".py") else ref
 
 
-def import_file(file: Path, module_name: str, *, fresh: bool = False) -> Any:
-    """Execute a Python file as the module ``module_name``; a second call returns the same module unless
-    ``fresh`` (the user's file may have changed since: their factory is always read anew)."""
-    if module_name in sys.modules and not fresh:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def resolve_callable(ref: str, what: str) -> Callable[..., Any]:
-    """Import ``path/to/file.py:fn`` or ``package.module:fn``; raise SourceError on any failure."""
-    module_ref, sep, attr = ref.rpartition(":")
-    if not sep or not attr:
-        raise SourceError(f"{what} {ref!r}: expected 'path/to/file.py:function' or 'package.module:function'")
-    try:
-        if module_ref.endswith(".py"):
-            file = Path(module_ref)
-            if not file.is_file():
-                raise SourceError(f"{what} {ref!r}: file {module_ref} does not exist")
-            module = import_file(file, f"_inferforge_user_{file.stem}_{abs(hash(file.resolve()))}", fresh=True)
-        else:
-            module = importlib.import_module(module_ref)
-    except SourceError:
-        raise
-    except Exception as exc:
-        raise SourceError(f"{what} {ref!r}: importing {module_ref} failed: {one_line(exc)}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise SourceError(f"{what} {ref!r}: {module_ref} has no callable named {attr!r}")
-    return fn
-
-
 def _call_factory(ref: str) -> tuple[Any, Any]:
     import torch
 
@@ -463,8 +426,6 @@ def _spec_from_array(name: str, array: np.ndarray) -> TensorSpec:
 
 def _finish(source: ModelSource, example_arrays: dict[str, np.ndarray]) -> ModelSource:
     """Fill example inputs and infer the output spec by running the model at two batch sizes."""
-    from inferforge.data import generate_inputs
-
     if set(example_arrays) != set(source.spec.input_names) or not example_arrays:
         example_arrays = generate_inputs(source.spec, batch_size=2, seed=0)
     source.example_inputs = example_arrays
@@ -479,8 +440,6 @@ def infer_output_specs(module: Any, spec: ModelSpec, name: str) -> tuple[TensorS
     shapes: an output dim that follows the batch becomes B, one that follows a named input dim takes its name,
     one that changes with the data alone (nms, boolean masks) becomes a dim of its own (``N``, ``N1``...).
     SpecError if the model rejects the spec."""
-    from inferforge.data import generate_inputs
-
     named = list(dict.fromkeys(d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)))
     base = _run_named(module, spec, generate_inputs(spec, batch_size=2, seed=2), name)
     varied: dict[str, list[tuple[str, Any]]] = {}

@@ -185,6 +185,28 @@ class ModelSpec:
                    tuple(TensorSpec.from_json(s) for s in data.get("outputs", [])))
 
 
+# spec dtype -> the Open Inference Protocol (KServe v2) datatype a client sends (bfloat16 travels as FP32).
+SPEC_DATATYPE = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "bfloat16": "FP32", "int64": "INT64",
+                 "int32": "INT32", "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """A served tensor as metadata shows it: -1 marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    value_range: tuple[float, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_spec(cls, spec: TensorSpec) -> TensorMeta:
+        shape = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
+        return cls(spec.name, SPEC_DATATYPE[spec.dtype], shape, spec.value_range)
+
+
 def numpy_dtype(dtype: str) -> np.dtype:
     return np.dtype(DTYPES[dtype])
 

@@ -7,9 +7,13 @@ Modules import their heavy dependencies lazily, so listing them here costs nothi
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from inferforge.backends.base import Backend
+from inferforge.backends.base import Artifact, Backend, BuildConfig
 from inferforge.errors import InferforgeError
+from inferforge.types import Precision
 
 # name -> module:class, in the order the leaderboard lists them; eager first (the reference).
 _MODULES: dict[str, str] = {
@@ -35,3 +39,16 @@ def get_backend(name: str) -> Backend:
         raise InferforgeError(f"unknown backend {name!r}; known backends: {', '.join(_MODULES)}")
     module_name, class_name = _MODULES[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)()
+
+
+# ---- reading configs back: each backend's options type comes from the registry ----------------------------
+
+def config_from_json(data: Mapping[str, Any]) -> BuildConfig:
+    backend = get_backend(data["backend"])
+    return BuildConfig(data["backend"], Precision(data["precision"]), data.get("device", "cpu"),
+                       backend.options_from_json(data.get("options", {})))
+
+
+def artifact_from_json(data: Mapping[str, Any], directory: Path) -> Artifact:
+    return Artifact(config_from_json(data["config"]), directory, tuple(data["files"]),
+                    dict(data.get("requires", {})), dict(data.get("details", {})), int(data.get("size_bytes", 0)))

@@ -261,18 +261,5 @@ class Backend(ABC):
         return self.options_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
 
-def config_from_json(data: Mapping[str, Any]) -> BuildConfig:
-    from inferforge.backends import get_backend
-
-    backend = get_backend(data["backend"])
-    return BuildConfig(data["backend"], Precision(data["precision"]), data.get("device", "cpu"),
-                       backend.options_from_json(data.get("options", {})))
-
-
-def artifact_from_json(data: Mapping[str, Any], directory: Path) -> Artifact:
-    return Artifact(config_from_json(data["config"]), directory, tuple(data["files"]),
-                    dict(data.get("requires", {})), dict(data.get("details", {})), int(data.get("size_bytes", 0)))
-
-
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inferforge.backends.onnxruntime import MODEL, BuildMemo, _quiet, create_session
+from inferforge.backends.onnx_common import MODEL, BuildMemo, OnnxRuntimeOptions, create_session, quiet
 from inferforge.data import Dataset
 from inferforge.errors import BuildError, one_line
 from inferforge.source import ModelSource
@@ -36,7 +36,6 @@ from inferforge.source import ModelSource
 if TYPE_CHECKING:
     import onnx
 
-    from inferforge.backends.onnxruntime import OnnxRuntimeOptions
 
 CALIBRATION_BATCH = 8  # samples per calibration run when every input has a dynamic batch axis
 SENSITIVITY_SAMPLES = 8  # calibration samples both models run on to rank nodes
@@ -79,7 +78,7 @@ def quantize(fp32: Path, out: Path, options: OnnxRuntimeOptions, calibration: Da
                                    "weight_type": "int8", "quant_pre_process": preprocess}
         feeds = _feeds(model, calibration, len(calibration)) if options.mode == "static" and calibration else []
         try:
-            with _quiet():
+            with quiet():
                 if options.mode == "dynamic":  # QInt8 weights: U8S8 kernels, 1.4x QUInt8's speed on MiniLM
                     quantize_dynamic(prepared, quantized, per_channel=options.per_channel, reduce_range=reduce_range(),
                                      weight_type=QuantType.QInt8, nodes_to_exclude=list(options.keep_fp32),
@@ -120,12 +119,12 @@ def _prepare(fp32: Path, out: Path, mode: str) -> str:
     # Symbolic shape inference writes sym_shape_infer_temp.onnx and its external data into the current
     # directory, and leaves them there when it raises: run it from the build's temporary folder.
     try:
-        with _quiet(), contextlib.chdir(out.parent):
+        with quiet(), contextlib.chdir(out.parent):
             quant_pre_process(str(fp32.resolve()), str(out.resolve()))
     except Exception as exc:
         note = f"without symbolic shape inference, which raised {one_line(exc, 120)}"
         try:
-            with _quiet(), contextlib.chdir(out.parent):
+            with quiet(), contextlib.chdir(out.parent):
                 quant_pre_process(str(fp32.resolve()), str(out.resolve()), skip_symbolic_shape=True)
         except Exception as again:
             note = f"skipped: it raised {one_line(again, 120)}"

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
-from inferforge.backends.onnxruntime import _quiet
+from inferforge.backends.onnx_common import quiet
 from inferforge.data import Dataset
 from inferforge.environment import native_bf16_reason, usable_cores, version_of
 from inferforge.errors import BuildError, one_line
@@ -207,13 +207,13 @@ def _convert_torch(source: ModelSource) -> tuple[Any, str]:
     errors = []
     if source.kind is not SourceKind.TORCHSCRIPT:
         try:
-            with _quiet():
+            with quiet():
                 return ov.convert_model(source.exported_program()), "torch.export"
         except Exception as exc:
             errors.append(f"from torch.export: {one_line(exc, 200)}")
     examples = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())
     try:
-        with _quiet():
+        with quiet():
             model = ov.convert_model(source.module, example_input=examples,
                                      input=[_partial_shape(s) for s in source.spec.inputs])
         return model, "trace"
@@ -257,11 +257,11 @@ def _quantize(model: Any, spec: ModelSpec, calibration: Dataset, keep_fp32: tupl
     # arithmetic on their embeddings (pooling, masking), clipping it to the calibration range.
     transformer = any(not s.is_float for s in spec.inputs) or _has_attention(model)
     samples = [[calibration.inputs[n][i : i + 1] for n in spec.input_names] for i in range(len(calibration))]
-    nncf_log = logging.getLogger("nncf")  # it logs each ignored node at INFO, past _quiet's redirect
+    nncf_log = logging.getLogger("nncf")  # it logs each ignored node at INFO, past quiet's redirect
     level = nncf_log.level
     nncf_log.setLevel(logging.WARNING)
     try:
-        with _quiet():
+        with quiet():
             quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
                                       model_type=nncf.ModelType.TRANSFORMER if transformer else None,
                                       ignored_scope=nncf.IgnoredScope(names=list(keep_fp32)))

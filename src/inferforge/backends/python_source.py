@@ -28,8 +28,9 @@ from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner
 from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
 from inferforge.data import Dataset
 from inferforge.errors import BuildError, SourceError, one_line
-from inferforge.source import ModelSource, SourceKind, import_file
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
+from inferforge.user_code import import_file
 
 WEIGHTS = "weights.safetensors"
 RECIPE = "source.json"

@@ -40,7 +40,7 @@ def run_demo(out: Path, only: str | None = None) -> int:
     from inferforge.commands import run_optimize
     from inferforge.package import load
     from inferforge.search import SearchOptions
-    from inferforge.source import resolve_callable
+    from inferforge.user_code import resolve_callable
     from inferforge.validate import Task
 
     started = time.perf_counter()

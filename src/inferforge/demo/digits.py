@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from inferforge.serve.adapters import ImageAdapterSpec
+    from inferforge.adapters import ImageAdapterSpec
 
 SEED = 0
 
@@ -43,8 +43,8 @@ def make_adapter() -> ImageAdapterSpec:
 
     The digits are light ink on a dark ground (0 = blank): send images the same way round.
     """
+    from inferforge.adapters import ImageAdapterSpec
     from inferforge.preprocess import ImagePipeline
-    from inferforge.serve.adapters import ImageAdapterSpec
 
     return ImageAdapterSpec("image", ImagePipeline(resize=(8, 8), color="gray", scale=1 / 255, layout="NCHW"))
 

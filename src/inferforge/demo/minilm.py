@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from inferforge.serve.adapters import TextAdapterSpec
+    from inferforge.adapters import TextAdapterSpec
 
 SEQUENCE_LENGTH = 128
 
@@ -107,7 +107,7 @@ def tokenize(sentences: list[str]) -> dict[str, np.ndarray]:
 
 def make_adapter() -> TextAdapterSpec:
     """Served clients send sentences: the package keeps this tokenizer, set as ``tokenize`` sets it."""
-    from inferforge.serve.adapters import TextAdapterSpec
+    from inferforge.adapters import TextAdapterSpec
 
     return TextAdapterSpec(_model_dir() / "tokenizer.json", max_length=SEQUENCE_LENGTH)
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from inferforge.adapters import InputAdapter, load_adapter
 from inferforge.errors import ProtocolError
-from inferforge.serve.adapters import InputAdapter, load_adapter
 from inferforge.serve.batcher import BatchingConfig, BatchTiming, DynamicBatcher, Instance
-from inferforge.serve.protocol import InferRequest, InferResponse, TensorMeta, check_request
-from inferforge.types import ModelSpec
+from inferforge.serve.protocol import InferRequest, InferResponse, check_request
+from inferforge.types import ModelSpec, TensorMeta
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class ServedModel:
     @classmethod
     def open(cls, name: str, version: str, package: Path, options: ModelOptions) -> ServedModel:
         """Load (checksums verified by ``load``), build instances, warm up. Blocking; raises on any failure."""
-        from inferforge.package import load, read_manifest, tuned_threads
+        from inferforge.manifest import read_manifest, tuned_threads
+        from inferforge.package import load
         from inferforge.serve.instances import ProcessInstance, ThreadInstance
 
         manifest = read_manifest(package)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.errors import ProtocolError
-from inferforge.types import TensorSpec, name_problems
+from inferforge.types import TensorMeta, name_problems
 
 # KServe v2 datatype -> numpy dtype. BYTES travel as numpy object arrays of bytes.
 DATATYPES: dict[str, np.dtype] = {
@@ -33,9 +33,6 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
-# inferforge spec dtype -> the datatype a client sends (bfloat16 travels as FP32).
-SPEC_DATATYPE = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "bfloat16": "FP32", "int64": "INT64",
-                 "int32": "INT32", "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -46,24 +43,6 @@ def datatype_of(array: np.ndarray) -> str:
         if array.dtype == dtype:
             return name
     raise ProtocolError(f"output dtype {array.dtype} has no Open Inference Protocol datatype", 500)
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    """A served tensor as metadata shows it: -1 marks a dynamic dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    value_range: tuple[float, float] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_spec(cls, spec: TensorSpec) -> TensorMeta:
-        shape = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
-        return cls(spec.name, SPEC_DATATYPE[spec.dtype], shape, spec.value_range)
 
 
 @dataclass(frozen=True)
@@ -365,7 +344,7 @@ def retry_after_headers(retry_after_s: float | None) -> dict[str, str] | None:
 
 
 def server_metadata_json() -> dict[str, Any]:
-    from inferforge import __version__
+    from inferforge.version import __version__
 
     return {"name": "inferforge", "version": __version__,
             "extensions": ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]}

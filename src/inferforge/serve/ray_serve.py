@@ -374,7 +374,7 @@ def _materialize(package: Mapping[str, Any]) -> Path:
 
 
 def _verify_every_artifact(folder: Path) -> None:
-    from inferforge.package import read_manifest, verify_checksums
+    from inferforge.manifest import read_manifest, verify_checksums
 
     for entry in read_manifest(folder)["artifacts"]:
         verify_checksums(folder, entry)

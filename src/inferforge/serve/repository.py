@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inferforge.errors import InferforgeError, ProtocolError, one_line
-from inferforge.package import MANIFEST, read_manifest
+from inferforge.manifest import MANIFEST, read_manifest
 from inferforge.serve.model import ModelOptions, ServedModel
 
 log = logging.getLogger("inferforge.serve")

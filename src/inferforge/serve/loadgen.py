@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.errors import InferforgeError
-from inferforge.remote import RemoteModel, numpy_dtype
+from inferforge.serve.remote import RemoteModel, numpy_dtype
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 EARLY_STOPPING_QUERIES = {"SingleStream": 64, "MultiStream": 662}
@@ -290,7 +290,7 @@ def bench(package: Path | None, *, url: str | None = None, model: str | None = N
     from datetime import UTC, datetime
 
     from inferforge.environment import fingerprint
-    from inferforge.package import read_manifest
+    from inferforge.manifest import read_manifest
 
     if package is None and url is None:
         raise InferforgeError("give a package folder, or --url of a running inferforge serve")

@@ -30,8 +30,7 @@ import numpy as np
 
 from inferforge.errors import DataError, InferforgeError, PackageError, ProtocolError, SpecError, one_line
 from inferforge.preprocess import ImagePipeline, decode_image, stack_images
-from inferforge.serve.protocol import TensorMeta
-from inferforge.types import Dim, ModelSpec, TensorSpec, numpy_dtype
+from inferforge.types import Dim, ModelSpec, TensorMeta, TensorSpec, numpy_dtype
 
 SERVE_DIR = "serve"  # inside a package: the adapter's files
 TOKENIZER_FILE = "tokenizer.json"
@@ -335,7 +334,7 @@ def load_adapter(package: Path, manifest: Mapping[str, Any], spec: ModelSpec) ->
     config = serve.get("adapter")
     if not config:
         return None
-    from inferforge.package import verify_checksums  # the one checksum check, shared with artifacts
+    from inferforge.manifest import verify_checksums  # the one checksum check, shared with artifacts
 
     try:
         adapter_spec = adapter_spec_from_json(config, package)
