@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # cpu_peers.write_section
 
 import inferforge  # noqa: E402
 from inferforge.export import build_cpp_runner, export_package  # noqa: E402
-from inferforge.search import SearchOptions  # noqa: E402
+from inferforge.options import SearchOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

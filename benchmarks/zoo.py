@@ -100,7 +100,7 @@ def run_model(name: str, model: Any, target: str, time_budget: float | None, qui
     import inferforge
     from inferforge.bench import BenchSettings
     from inferforge.data import Dataset
-    from inferforge.search import SearchOptions
+    from inferforge.options import SearchOptions
 
     bench = (BenchSettings(batch_sizes=(1,), warmup_runs=1, min_runs=3, max_runs=20, min_seconds=0.0,
                            max_seconds=0.3, sweep_min_runs=1, sweep_seconds=0.05, confirm_min_rounds=3,

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ["INFERFORGE_CACHE"] = "off"
 
 from inferforge.bench import BenchSettings  # noqa: E402
-from inferforge.search import SearchOptions  # noqa: E402
+from inferforge.options import SearchOptions  # noqa: E402
 from inferforge.validate import AccuracyBudget  # noqa: E402
 
 # Enough runs to exercise the code paths, not to produce figures (figures live in benchmarks/).

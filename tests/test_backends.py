@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from inferforge.backends import backend_names, get_backend
 from inferforge.backends.base import BuildConfig
 from inferforge.data import generate_inputs, generated_dataset
+from inferforge.environment import version_of
 from inferforge.source import load_source
 from inferforge.types import Precision
 
@@ -25,12 +28,21 @@ def _configs() -> list[BuildConfig]:
     return configs
 
 
-@pytest.mark.parametrize("config", _configs(), ids=lambda c: c.key())
-@pytest.mark.parametrize("factory", ["make_cnn", "make_two_inputs"])
-def test_backend_contract(config: BuildConfig, factory: str, tmp_path: Path) -> None:
+def declared_dependencies() -> set[str]:
+    """The distributions pyproject.toml's [project] dependencies name (lower case)."""
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+
+
+def check_contract(config: BuildConfig, factory: str, tmp_path: Path) -> None:
+    """Build from a model, load from the files alone, and match the model on numpy and torch inputs. Skips only
+    for what this machine lacks; a missing or broken package that pyproject.toml declares fails."""
     source = load_source(f"models:{factory}")
     backend = get_backend(config.backend)
     reason = backend.unavailable_reason(config, source)
+    missing = {p for p in backend.required_packages(config) if version_of(p) is None}
+    if missing & declared_dependencies():
+        pytest.fail(f"{config.key()}: {', '.join(sorted(missing))}, declared in pyproject.toml, is not installed")
     if reason:
         pytest.skip(reason)
     artifact = backend.build(source, config, tmp_path, calibration=generated_dataset(source.spec, 16, seed=9))
@@ -53,6 +65,13 @@ def test_backend_contract(config: BuildConfig, factory: str, tmp_path: Path) -> 
 
     as_torch = runner({k: torch.from_numpy(v) for k, v in generate_inputs(source.spec, 2).items()})
     assert all(isinstance(v, torch.Tensor) for v in as_torch.values())
+    assert runner.threads() >= 1
+
+
+@pytest.mark.parametrize("config", _configs(), ids=lambda c: c.key())
+@pytest.mark.parametrize("factory", ["make_cnn", "make_two_inputs"])
+def test_backend_contract(config: BuildConfig, factory: str, tmp_path: Path) -> None:
+    check_contract(config, factory, tmp_path)
 
 
 def test_onnxruntime_takes_an_onnx_source(tmp_path: Path) -> None:

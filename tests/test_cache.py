@@ -9,8 +9,8 @@ import torch
 from conftest import fast_options
 
 import inferforge
+from inferforge.candidate import Status
 from inferforge.cli import main
-from inferforge.search import Status
 
 BACKENDS = ("eager", "onnxruntime")
 

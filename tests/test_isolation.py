@@ -11,7 +11,8 @@ import inferforge
 from inferforge import search
 from inferforge.backends import get_backend
 from inferforge.backends.base import SEARCH_ORDER
-from inferforge.search import Status, candidate_configs, protected
+from inferforge.candidate import Status
+from inferforge.search import candidate_configs, protected
 
 
 def test_a_candidate_that_crashes_its_worker_is_reported_and_the_search_goes_on() -> None:

@@ -22,9 +22,9 @@ from inferforge.backends.base import Artifact, BuildConfig
 from inferforge.backends.onnx_common import MODEL, OnnxRuntimeOptions
 from inferforge.backends.onnxruntime import OnnxRuntimeBackend
 from inferforge.backends.onnxruntime_int8 import quantized_nodes
+from inferforge.candidate import Status
 from inferforge.data import Dataset, generated_dataset
 from inferforge.errors import BuildError
-from inferforge.search import Status
 from inferforge.source import ModelSource, load_source
 from inferforge.types import Precision
 

@@ -15,7 +15,8 @@ import inferforge
 from inferforge.backends.base import Artifact, BuildConfig, Runner
 from inferforge.data import generate_inputs
 from inferforge.errors import InferforgeError
-from inferforge.profile import ProfileReport, count_flops, profile_command, profile_operators, profile_package
+from inferforge.profile import ProfileReport, profile_command, profile_package
+from inferforge.profile.roofline import count_flops
 from inferforge.types import ModelSpec, TensorSpec
 
 # Enough runs for stable medians of a ~0.1 ms call (the loop costs tens of milliseconds). One thread: two
@@ -157,9 +158,12 @@ class _NumpyEcho(Runner):
     def run_native(self, args: list) -> list:
         return args
 
+    def threads(self) -> int:
+        return 1
+
 
 def test_a_runtime_without_a_profiler_says_so() -> None:
     spec = ModelSpec((TensorSpec.parse("x:float32[B,4]"),), (TensorSpec.parse("y:float32[B,4]"),))
     runner = _NumpyEcho(spec, Artifact(BuildConfig("echo"), Path("."), ()))
-    ops = profile_operators(runner, generate_inputs(spec, 2), runs=2, trace_path=None)
+    ops = runner.profile_operators(generate_inputs(spec, 2), runs=2, trace_path=None)
     assert ops.operators == () and ops.unavailable and "_NumpyEcho" in ops.unavailable

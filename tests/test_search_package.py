@@ -12,9 +12,10 @@ from conftest import FP32_EXACT, fast_options
 
 import inferforge
 from inferforge.backends.onnxruntime import OnnxRuntimeBackend
+from inferforge.candidate import Status
 from inferforge.errors import PackageError
 from inferforge.manifest import MANIFEST
-from inferforge.search import Objective, Status
+from inferforge.options import Objective
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,8 @@ def test_cuda_target_without_a_gpu_skips_gpu_candidates_and_packages_cpu_ones(tm
 
 def test_slow_candidates_only_with_thorough() -> None:
     """max-autotune and INT8 weight-only take minutes to build: proposed for CUDA only when asked."""
-    from inferforge.search import SearchOptions, candidate_configs
+    from inferforge.options import SearchOptions
+    from inferforge.search import candidate_configs
 
     def keys(thorough: bool) -> set[str]:
         options = SearchOptions(device="cuda", backends=("inductor", "torchao"), cpu_fallback=False,
@@ -208,7 +210,7 @@ def test_gpu_int8_without_calibration_reads_none(monkeypatch: pytest.MonkeyPatch
     """torchao's INT8 scales activations at run time: a CUDA search loads no calibration set (and does not warn)."""
     from inferforge import api
     from inferforge.data import Dataset
-    from inferforge.search import SearchOptions
+    from inferforge.options import SearchOptions
     from inferforge.source import load_source
 
     def fail(*args: object, **kwargs: object) -> None:

@@ -34,7 +34,7 @@ from inferforge.backends.base import BuildConfig
 from inferforge.bench import BenchSettings
 from inferforge.data import Dataset
 from inferforge.manifest import MANIFEST
-from inferforge.search import SearchOptions
+from inferforge.options import SearchOptions
 from inferforge.source import flatten_outputs
 
 ZOO_BACKENDS = tuple(os.environ.get("INFERFORGE_ZOO_BACKENDS", "eager,torchscript,onnxruntime,source").split(","))

@@ -17,16 +17,16 @@ _LAZY = {
     "load": "inferforge.package",
     "AccuracyBudget": "inferforge.validate",
     "Task": "inferforge.validate",
-    "SearchOptions": "inferforge.search",
-    "Objective": "inferforge.search",
+    "SearchOptions": "inferforge.options",
+    "Objective": "inferforge.options",
     "BenchSettings": "inferforge.bench",
 }
 
 if TYPE_CHECKING:
     from inferforge.api import optimize
     from inferforge.bench import BenchSettings
+    from inferforge.options import Objective, SearchOptions
     from inferforge.package import load
-    from inferforge.search import Objective, SearchOptions
     from inferforge.validate import AccuracyBudget, Task
 
 

@@ -197,7 +197,7 @@ def _mixed_precision_retries(backend: Backend, result: CandidateResult, context:
     config = result.config
     calibration = context.calibration
     if (result.status is not Status.REJECTED or config.precision is not Precision.INT8 or calibration is None
-            or result.artifact is None or result.accuracy is None or not hasattr(config.options, "keep_fp32")):
+            or result.artifact is None or result.accuracy is None or config.options.with_fp32_layers(()) is None):
         return []
     try:
         layers = backend.sensitive_layers(context.source, config, result.artifact, calibration)
@@ -209,7 +209,10 @@ def _mixed_precision_retries(backend: Backend, result: CandidateResult, context:
     flat_steps = 0  # one step without gain can be noise (a layer that matters little); two end the retries
     # Keeping every layer in FP32 would be FP32 with extra steps: at least one layer stays INT8.
     for count in sorted({min(step, len(layers) - 1) for step in MIXED_PRECISION_STEPS if len(layers) > 1}):
-        mixed = replace(config, options=replace(config.options, keep_fp32=tuple(layers[:count])))
+        options = config.options.with_fp32_layers(tuple(layers[:count]))
+        if options is None:
+            break
+        mixed = replace(config, options=options)
         over = over_deadline(deadline, context.options.time_budget_s)
         if over:
             retries.append(CandidateResult(mixed, Status.SKIPPED, over))

@@ -29,20 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.backends import artifact_from_json, backend_names, get_backend
-from inferforge.backends.base import BuildConfig
+from inferforge.backends import artifact_from_json, backend_names, export_formats, get_backend
+from inferforge.backends.base import PROGRAM, BuildConfig
 from inferforge.data import generate_inputs
 from inferforge.environment import unmet_requirements, version_of
 from inferforge.errors import InferforgeError, PackageError, one_line
 from inferforge.manifest import read_manifest, swap_into_place, verify_checksums
 from inferforge.types import ModelSpec, Precision, TensorSpec
 
-# format -> (the backend whose artifact is that format, the file it writes)
-FORMATS = {"torchscript": ("torchscript", "model.ts"), "aoti": ("aoti", "model.pt2"),
-           "onnx": ("onnxruntime", "model.onnx")}
-# Backends whose artifact keeps the FP32 torch.export program as model.pt2: any format can be built from it.
-PROGRAM_BACKENDS = tuple(name for name in backend_names() if get_backend(name).keeps_program)
-PROGRAM = "model.pt2"
 SAMPLE_BATCH = 2
 # Conversions are checked against the program they came from: what an FP32 recompile may round differently.
 CHECK_RTOL, CHECK_ATOL = 1e-3, 1e-4
@@ -60,14 +54,15 @@ class ExportResult:
 
 def export_package(package: Path, fmt: str, out: Path, *, overwrite: bool = False) -> ExportResult:
     """Write ``out`` (a new folder) with the package's model in ``fmt``; see the module docstring."""
-    if fmt not in FORMATS:
-        raise InferforgeError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    formats = export_formats()
+    if fmt not in formats:
+        raise InferforgeError(f"unknown export format {fmt!r}; choose one of {', '.join(formats)}")
     if out.exists() and not overwrite:
         raise InferforgeError(f"{out} already exists: choose another --out or pass --overwrite")
     manifest = read_manifest(package)
     spec = ModelSpec.from_json(manifest["spec"])
     entry, how = _choose(manifest, fmt, package)
-    backend_name, file = FORMATS[fmt]
+    backend_name, file = formats[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -94,20 +89,21 @@ def export_package(package: Path, fmt: str, out: Path, *, overwrite: bool = Fals
 
 def _choose(manifest: dict[str, Any], fmt: str, package: Path) -> tuple[dict[str, Any], str]:
     """The artifact to copy (one in ``fmt`` for the CPU), else the best-ranked torch.export program to convert."""
-    backend_name, _ = FORMATS[fmt]
+    backend_name, _ = export_formats()[fmt]
+    program_backends = [name for name in backend_names() if get_backend(name).keeps_program]
     entries = manifest["artifacts"]
     for entry in entries:
         config = entry["config"]
         if config["backend"] == backend_name and config.get("device", "cpu") == "cpu":
             return entry, "copied"
     for entry in entries:
-        if entry["config"]["backend"] in PROGRAM_BACKENDS and not unmet_requirements(
+        if entry["config"]["backend"] in program_backends and not unmet_requirements(
                 {k: v for k, v in entry.get("requires", {}).items() if k.startswith("package:")}):
             return entry, "converted"
     held = ", ".join(e["key"] for e in entries)
     raise PackageError(
         f"package {package} holds no artifact that gives {fmt}: it has {held}. A {backend_name} artifact would be "
-        f"copied as it is, and an {' or '.join(PROGRAM_BACKENDS)} artifact (a torch.export program) converts to any "
+        f"copied as it is, and an {' or '.join(program_backends)} artifact (a torch.export program) converts to any "
         f"format. Rebuild the package with one of them among its fallbacks, e.g. inferforge optimize MODEL "
         f"--fallbacks 3, or --backends {backend_name},...")
 

@@ -19,9 +19,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inferforge.backends import artifact_from_json, backend_names, get_backend
-from inferforge.backends.base import EXPORT_FORMATS, Runner
+from inferforge.backends import artifact_from_json, backend_names, export_formats, get_backend
+from inferforge.backends.base import Runner
 from inferforge.cache import file_sha256
+from inferforge.candidate import CandidateResult
 from inferforge.environment import fingerprint, unmet_requirements, usable_cores
 from inferforge.errors import InferforgeError, PackageError, one_line
 from inferforge.manifest import (
@@ -33,7 +34,7 @@ from inferforge.manifest import (
     tuned_threads,
     verify_checksums,
 )
-from inferforge.search import CandidateResult, SearchResult
+from inferforge.search import SearchResult
 from inferforge.types import ModelSpec, Precision
 
 if TYPE_CHECKING:
@@ -61,10 +62,11 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResul
             chosen.append(found)
 
     # The export formats first: their artifacts (TorchScript, ONNX) are often the portable fallback too.
-    for fmt in EXPORT_FORMATS:
+    formats = export_formats()
+    for fmt in formats:
         if not any(_gives(c, fmt) for c in chosen):
             add_first(partial(_gives, fmt=fmt))
-    if not all(any(_gives(c, fmt) or _keeps_program(c) for c in chosen) for fmt in EXPORT_FORMATS):
+    if not all(any(_gives(c, fmt) or _keeps_program(c) for c in chosen) for fmt in formats):
         add_first(_keeps_program)
     if not any(_portable(c) and not _runs_user_code(c) for c in chosen):
         add_first(lambda c: _portable(c) and not _runs_user_code(c))

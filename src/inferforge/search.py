@@ -35,16 +35,14 @@ from inferforge.candidate import (
 )
 from inferforge.data import Dataset
 from inferforge.errors import InferforgeError
-from inferforge.options import Objective, SearchOptions
+from inferforge.options import SearchOptions
 from inferforge.probes import make_probes
-from inferforge.ranking import USER_CODE_HANDICAP, confirm, contenders, rank
+from inferforge.ranking import confirm, contenders, rank
 from inferforge.source import ModelSource, SourceKind
 from inferforge.traffic import Traffic, timing_inputs
 from inferforge.types import Precision
 from inferforge.validate import collect_outputs
 
-__all__ = ["CandidateResult", "Objective", "Progress", "SearchOptions", "SearchResult", "Status",
-           "USER_CODE_HANDICAP", "candidate_configs", "rank", "reference_outputs", "run_search"]
 PROTECTED_WINDOW_S = 60.0  # a protected candidate started near or past the deadline still gets this long
 FIRST_PASS_ONLY = "the ranking is the first pass's, one measurement per candidate"
 CONFIRM_STARTUP_S = 10.0  # about what loading the leaders again takes before their re-measure

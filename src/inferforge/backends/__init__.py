@@ -34,6 +34,11 @@ def backend_names() -> list[str]:
     return list(_MODULES)
 
 
+def export_formats() -> dict[str, tuple[str, str]]:
+    """What ``inferforge export`` writes: format -> (the backend whose artifact is that format, its file)."""
+    return {fmt: (name, file) for name in _MODULES for fmt, file in get_backend(name).export_formats.items()}
+
+
 def get_backend(name: str) -> Backend:
     if name not in _MODULES:
         raise InferforgeError(f"unknown backend {name!r}; known backends: {', '.join(_MODULES)}")

@@ -32,7 +32,7 @@ PACKAGE = "model.pt2"
 class AotInductorBackend(TorchBackend):
     name = "aoti"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED})
-    export_formats = frozenset({"aoti"})
+    export_formats = {"aoti": PACKAGE}
 
     def search_order(self, config: BuildConfig) -> int:
         return SEARCH_ORDER["compiles"]

@@ -14,11 +14,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from inferforge.data import Dataset
+from inferforge.environment import version_of
+from inferforge.errors import SpecError
+from inferforge.operator_profile import OperatorProfile
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision, check_inputs, numpy_dtype
 
@@ -26,13 +29,56 @@ from inferforge.types import ModelSpec, Precision, check_inputs, numpy_dtype
 # fallback, built first and never skipped by the time budget.
 SEARCH_ORDER = {"reference": 0, "fallback": 5, "likely": 10, "default": 30, "compiles": 50, "slow": 80}
 PROTECTED_ORDER = 10
-# What ``inferforge export`` writes: a file a runtime without Python loads (LibTorch, AOTInductor, ONNX Runtime).
-EXPORT_FORMATS = ("torchscript", "aoti", "onnx")
+# A saved FP32 torch.export program: what backends that keep one store (``keeps_program``) and export converts.
+PROGRAM = "model.pt2"
+
+
+OptionsT = TypeVar("OptionsT", bound="BackendOptions")
 
 
 @dataclass(frozen=True)
-class NoOptions:
+class BackendOptions:
+    """Base of every backend's options: a frozen dataclass of typed fields, checked when made.
+
+    A subclass lists what is wrong with its values in ``problems()`` and with a precision in
+    ``precision_problems()``; a bad value then fails where the options or the BuildConfig are written
+    (SpecError naming every problem), never later as a failed build or an "unavailable" candidate.
+    A subclass whose backend can keep chosen layers in FP32 (accuracy-aware INT8) overrides
+    ``with_fp32_layers``.
+    """
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise SpecError(f"{type(self).__name__}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        return []
+
+    def precision_problems(self, precision: Precision) -> list[str]:
+        return []
+
+    @classmethod
+    def of(cls: type[OptionsT], config: BuildConfig) -> OptionsT:
+        """``config.options`` as this type; SpecError when a config carries another backend's options."""
+        if not isinstance(config.options, cls):
+            raise SpecError(f"{config.backend} takes {cls.__name__}, not {type(config.options).__name__}")
+        return config.options
+
+    def with_fp32_layers(self, layers: tuple[str, ...]) -> BackendOptions | None:
+        """These options with ``layers`` (the backend's ``sensitive_layers`` names) left in FP32, or None
+        where the backend has no per-layer FP32 retry."""
+        return None
+
+
+@dataclass(frozen=True)
+class NoOptions(BackendOptions):
     """Backends without options of their own use this."""
+
+
+def one_of(name: str, value: object, allowed: Sequence[object]) -> list[str]:
+    """The problem of an option outside its allowed values, as ``problems()`` lists it."""
+    return [] if value in allowed else [f"{name} {value!r} is not one of {', '.join(map(str, allowed))}"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +88,16 @@ class BuildConfig:
     backend: str
     precision: Precision = Precision.FP32
     device: str = "cpu"
-    options: Any = NoOptions()  # the backend's own frozen dataclass
+    options: BackendOptions = NoOptions()  # the backend's own frozen dataclass
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.options):
+            raise SpecError(f"{self.backend}: options must be the backend's options dataclass, not "
+                            f"{type(self.options).__name__}")
+        # every registered backend's options are BackendOptions (tests/test_backend_contract.py checks it)
+        problems = self.options.precision_problems(self.precision) if isinstance(self.options, BackendOptions) else []
+        if problems:
+            raise SpecError(f"{self.backend} {self.precision.value}: " + "; ".join(problems))
 
     def key(self) -> str:
         parts = [self.backend, self.precision.value]
@@ -108,6 +163,16 @@ class Runner(ABC):
 
     def synchronize(self) -> None:  # noqa: B027 - a no-op for every runner that computes synchronously
         """Wait for work queued on an asynchronous device (CUDA); timing calls this before reading a clock."""
+
+    @abstractmethod
+    def threads(self) -> int:
+        """The intra-op threads one call computes with (what ``inferforge profile`` and the tuning report)."""
+
+    def profile_operators(self, inputs: Mapping[str, Any], runs: int, trace_path: Path | None) -> OperatorProfile:
+        """The top operators by self time over ``runs`` calls from the runtime's own profiler, with a Chrome
+        trace written to ``trace_path``; a runner whose runtime has no profiler wired says so."""
+        return OperatorProfile("none", "", (), 0, None, f"no operator profiler is wired for {type(self).__name__} "
+                               f"({self.artifact.config.backend}); stage times still hold")
 
     @property
     def outputs(self) -> Sequence[Any]:
@@ -190,7 +255,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     accepts: ClassVar[frozenset[SourceKind]]
-    options_type: ClassVar[type] = NoOptions
+    options_type: ClassVar[type[BackendOptions]] = NoOptions
     devices: ClassVar[frozenset[str]] = frozenset({"cpu"})  # where its artifacts run
     # Why a source kind outside ``accepts`` is refused, where a plainer reason than "does not take" helps.
     refusals: ClassVar[Mapping[SourceKind, str]] = {}
@@ -199,10 +264,25 @@ class Backend(ABC):
     # Its FP32 CPU artifact runs on any CPU with this Python package alone (no compiled code, no ISA tie):
     # every package keeps one such artifact, and a GPU search builds one as the CPU fallback.
     portable: ClassVar[bool] = False
-    # Formats ``inferforge export`` copies from its FP32 CPU artifact as they are ("torchscript", "aoti", "onnx").
-    export_formats: ClassVar[frozenset[str]] = frozenset()
-    # Its artifact keeps the FP32 torch.export program (model.pt2), which export converts to any format.
+    # What ``inferforge export`` copies from its FP32 CPU artifact as it is: format -> the file holding it. A
+    # format is a file a runtime without Python loads ("torchscript": LibTorch, "aoti", "onnx").
+    export_formats: ClassVar[Mapping[str, str]] = {}
+    # Its artifact keeps the FP32 torch.export program (``PROGRAM``), which export converts to any format.
     keeps_program: ClassVar[bool] = False
+    # The Python distributions its builds and loads import (numpy aside). One missing makes the backend
+    # unavailable, saying what to install; the contract tests import every one that pyproject.toml declares.
+    packages: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def required_packages(self, config: BuildConfig) -> tuple[str, ...]:
+        """``packages``, plus what one config needs beyond them (e.g. a quantizer for INT8)."""
+        return self.packages
+
+    def missing_packages_reason(self, config: BuildConfig) -> str | None:
+        missing = [p for p in self.required_packages(config) if version_of(p) is None]
+        if not missing:
+            return None
+        return (f"{self.name} {config.precision.value} needs {', '.join(missing)}, not installed here "
+                f"(pip install {' '.join(missing)})")
 
     def configs(self, device: str) -> list[BuildConfig]:
         """The candidates this backend proposes for a device (available or not: the search asks)."""
@@ -231,6 +311,9 @@ class Backend(ABC):
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
         """None when the config can be built here, else a sentence saying why not."""
+        missing = self.missing_packages_reason(config)
+        if missing:
+            return missing
         if source.kind not in self.accepts:
             return self.refusals.get(source.kind, f"{self.name} does not take {source.kind.value} models")
         if config.device not in self.devices:
@@ -256,7 +339,7 @@ class Backend(ABC):
         worst ones kept in FP32, step by step. The default offers none (no mixed-precision retry)."""
         return []
 
-    def options_from_json(self, data: Mapping[str, Any]) -> Any:
+    def options_from_json(self, data: Mapping[str, Any]) -> BackendOptions:
         known = {f.name for f in dataclasses.fields(self.options_type)}
         return self.options_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 

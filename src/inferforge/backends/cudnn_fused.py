@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import (
+    PROGRAM,
+    SEARCH_ORDER,
+    Artifact,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+)
 from inferforge.backends.cuda_graphs import BUCKETS, GraphedBuckets
 from inferforge.backends.torch_common import (
     TorchBackend,
@@ -42,11 +50,9 @@ from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
-PROGRAM = "model.pt2"
-
 
 @dataclass(frozen=True)
-class CudnnFusedOptions:
+class CudnnFusedOptions(BackendOptions):
     """``fuse_activations``: also fuse ReLU and the residual add into cuDNN's epilogue (False: fold BN only).
     ``compile_pools``: run max-pooling through a small ``torch.compile``'d function: aten's channels-last
     max-pool kernel took 0.83 ms of ResNet-50's 8 ms at batch 256 on the H200, Inductor's 0.36 ms."""
@@ -122,10 +128,10 @@ class CudnnFusedBackend(TorchBackend):
         folded = fold_batch_norms(module)  # in FP32, before the cast
         module = place_module(module, config, spec)
         fused = (0, 0)
-        if config.options.fuse_activations:
+        if CudnnFusedOptions.of(config).fuse_activations:
             fused = fuse_conv_activations(module, torch.ops.aten.cudnn_convolution_relu.default,
                                           torch.ops.aten.cudnn_convolution_add_relu.default)
-        pools = compile_max_pools(module) if config.options.compile_pools else 0
+        pools = compile_max_pools(module) if CudnnFusedOptions.of(config).compile_pools else 0
         runner = TorchRunner(spec, artifact, GraphedBuckets(module))
         runner.rewrite = Rewrite(folded, *fused, pools)  # type: ignore[attr-defined]
         runner.run_native(runner.to_native(generate_inputs(spec, 1)))  # bucket 1 captured now

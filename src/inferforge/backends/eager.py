@@ -10,7 +10,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import (
+    PROGRAM,
+    SEARCH_ORDER,
+    Artifact,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+)
 from inferforge.backends.torch_common import (
     TorchBackend,
     TorchRunner,
@@ -23,14 +31,13 @@ from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
-PROGRAM = "model.pt2"
 # A failure this names is a module that builds its own FP32 tensors beside cast weights (an RNN's hidden
 # state, an FFT's buffer): the same precision under torch.autocast, weights left FP32, may still work.
 _DTYPE_CLASH = ("dtype", "scalar type", "same type", "expected both", "Half", "BFloat16")
 
 
 @dataclass(frozen=True)
-class EagerOptions:
+class EagerOptions(BackendOptions):
     """``autocast``: keep FP32 weights and run FP16/BF16 under torch.autocast instead of casting the module."""
 
     autocast: bool = False

@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import (
+    PROGRAM,
+    SEARCH_ORDER,
+    Artifact,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+    one_of,
+)
 from inferforge.backends.cuda_graphs import BUCKETS, GraphedBuckets
 from inferforge.backends.torch_common import (
     TorchBackend,
@@ -33,20 +42,23 @@ from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
-PROGRAM = "model.pt2"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CACHE = "compile_cache.bin"
 # Batch 1 compiles a static graph; batch 2 makes the batch dimension dynamic, covering every size above.
 _WARM_BATCHES = (1, 2)
 
 
 @dataclass(frozen=True)
-class InductorOptions:
+class InductorOptions(BackendOptions):
     """``freezing`` folds weights into the graph as constants: faster on CPU, slower to compile.
     ``mode``: torch.compile's mode. ``cuda_graphs``: replay graphs captured per batch bucket (GPU)."""
 
     freezing: bool = False
     mode: str = "default"
     cuda_graphs: bool = False
+
+    def problems(self) -> list[str]:
+        return one_of("mode", self.mode, COMPILE_MODES)
 
 
 class InductorBackend(TorchBackend):
@@ -56,7 +68,7 @@ class InductorBackend(TorchBackend):
     keeps_program = True
 
     def search_order(self, config: BuildConfig) -> int:
-        if config.options.mode != "default":
+        if InductorOptions.of(config).mode != "default":
             return SEARCH_ORDER["slow"]
         # On a GPU, CUDA graphs over Inductor's kernels are the likely winner; on a CPU a long compile.
         return SEARCH_ORDER["likely"] if config.device == "cuda" else SEARCH_ORDER["compiles"]
@@ -108,8 +120,8 @@ class InductorBackend(TorchBackend):
         if cache.exists():
             torch.compiler.load_cache_artifacts(cache.read_bytes())
         config = artifact.config
-        compiled = compile_module(load_placed(artifact, spec, PROGRAM), config.options, config.device)
-        if config.options.cuda_graphs:
+        compiled = compile_module(load_placed(artifact, spec, PROGRAM), InductorOptions.of(config), config.device)
+        if InductorOptions.of(config).cuda_graphs:
             return graphed_runner(spec, artifact, compiled)
         runner = TorchRunner(spec, artifact, compiled)
         for batch in _WARM_BATCHES:

@@ -9,12 +9,14 @@ import contextlib
 import io
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from inferforge.backends.base import BackendOptions, one_of
 from inferforge.errors import BuildError, one_line
 from inferforge.source import ModelSource, SourceKind, _at_least_batch_2
+from inferforge.types import Precision
 
 MODEL = "model.onnx"
 MODES = ("none", "dynamic", "static")
@@ -22,7 +24,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
-class OnnxRuntimeOptions:
+class OnnxRuntimeOptions(BackendOptions):
     """How to quantize the exported model; the defaults build FP32.
 
     ``mode``: "none" (FP32), "dynamic" (INT8 weights, activations quantized per batch at run time: for
@@ -37,6 +39,21 @@ class OnnxRuntimeOptions:
     calibrate: str = "minmax"
     per_channel: bool = True
     keep_fp32: tuple[str, ...] = ()
+
+    def problems(self) -> list[str]:
+        problems = one_of("mode", self.mode, MODES) + one_of("calibrate", self.calibrate, CALIBRATION_METHODS)
+        if self.keep_fp32 and self.mode == "none":
+            problems.append("keep_fp32 names nodes to leave unquantized, but mode 'none' quantizes nothing")
+        return problems
+
+    def precision_problems(self, precision: Precision) -> list[str]:
+        if (self.mode in ("dynamic", "static")) == (precision is Precision.INT8):
+            return []
+        return [f"mode {self.mode!r} does not fit precision {precision.value} (int8 needs mode dynamic or static; "
+                "fp32 needs mode none)"]
+
+    def with_fp32_layers(self, layers: tuple[str, ...]) -> OnnxRuntimeOptions:
+        return replace(self, keep_fp32=layers)
 
 
 class BuildMemo:

@@ -8,16 +8,16 @@ calibration, with chosen nodes kept in FP32.
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from inferforge.backends import onnxruntime_int8
 from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.onnx_common import (
-    CALIBRATION_METHODS,
     MODEL,
-    MODES,
     BuildMemo,
     OnnxRuntimeOptions,
     copy_onnx,
@@ -27,6 +27,7 @@ from inferforge.backends.onnx_common import (
 from inferforge.data import Dataset
 from inferforge.environment import usable_cores, version_of
 from inferforge.errors import BuildError
+from inferforge.operator_profile import PROFILED_RUNS, OperatorProfile, top_operators, write_trace
 from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
@@ -36,7 +37,8 @@ class OnnxRuntimeBackend(Backend):
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED, SourceKind.TORCHSCRIPT, SourceKind.ONNX})
     options_type = OnnxRuntimeOptions
     portable = True
-    export_formats = frozenset({"onnx"})
+    export_formats = {"onnx": MODEL}
+    packages = ("torch", "onnx", "onnxscript", "onnxruntime")  # export, then run
 
     def search_order(self, config: BuildConfig) -> int:
         return SEARCH_ORDER["fallback"] if config.precision is Precision.FP32 else SEARCH_ORDER["likely"]
@@ -55,8 +57,9 @@ class OnnxRuntimeBackend(Backend):
                 BuildConfig(self.name, Precision.INT8, device, OnnxRuntimeOptions(mode="static"))]
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        if version_of("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install onnxruntime)"
+        missing = self.missing_packages_reason(config)
+        if missing:
+            return missing
         if config.precision not in (Precision.FP32, Precision.INT8):
             return f"onnxruntime builds fp32 and int8 here, not {config.precision.value}"
         if config.device == "cuda":
@@ -73,7 +76,7 @@ class OnnxRuntimeBackend(Backend):
               calibration: Dataset | None = None) -> Artifact:
         """Export (or copy) the model; for INT8, quantize it (needs ``calibration`` in static mode).
         Raises BuildError when export or quantization fails or the options do not fit the precision."""
-        options = _checked_options(config)
+        options = OnnxRuntimeOptions.of(config)
         path = out_dir / MODEL
         details: dict[str, Any] = {}
         if options.mode == "none":
@@ -98,7 +101,7 @@ class OnnxRuntimeBackend(Backend):
     def sensitive_layers(self, source: ModelSource, config: BuildConfig, artifact: Artifact,
                          calibration: Dataset) -> list[str]:
         """The quantized nodes of an INT8 build, most harmful first (see onnxruntime_int8.rank_sensitive_nodes)."""
-        options = _checked_options(config)
+        options = OnnxRuntimeOptions.of(config)
         if options.mode == "none":
             return []
         return onnxruntime_int8.sensitive_nodes(lambda path: self.fp32_model(source, path), source, options,
@@ -111,26 +114,6 @@ class OnnxRuntimeBackend(Backend):
             assert source.path is not None
             return copy_onnx(source.path, path)
         return str(self._memo.file("fp32", (source,), path, lambda p: export_onnx(source, p)))
-
-
-def _checked_options(config: BuildConfig) -> OnnxRuntimeOptions:
-    """The config's options, refusing ones that contradict each other or the precision (BuildError)."""
-    options = config.options
-    problems = []
-    if not isinstance(options, OnnxRuntimeOptions):
-        raise BuildError(f"onnxruntime takes OnnxRuntimeOptions, not {type(options).__name__}")
-    if options.mode not in MODES:
-        problems.append(f"mode {options.mode!r} is not one of {', '.join(MODES)}")
-    if options.calibrate not in CALIBRATION_METHODS:
-        problems.append(f"calibrate {options.calibrate!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-    if (options.mode in ("dynamic", "static")) != (config.precision is Precision.INT8):
-        problems.append(f"mode {options.mode!r} does not fit precision {config.precision.value} "
-                        "(int8 needs mode dynamic or static; fp32 needs mode none)")
-    if options.keep_fp32 and options.mode == "none":
-        problems.append("keep_fp32 names nodes to leave unquantized, but mode 'none' quantizes nothing")
-    if problems:
-        raise BuildError("onnxruntime options: " + "; ".join(problems))
-    return options
 
 
 class OnnxRuntimeRunner(Runner):
@@ -147,5 +130,43 @@ class OnnxRuntimeRunner(Runner):
 
     def run_native(self, args: list[Any]) -> list[Any]:
         return self.session.run(None, dict(zip(self._input_names, args, strict=True)))
+
+    def threads(self) -> int:
+        return int(self.session.get_session_options().intra_op_num_threads)
+
+    def profile_operators(self, inputs: Mapping[str, Any], runs: int, trace_path: Path | None) -> OperatorProfile:
+        """A second session over the artifact's .onnx file with the runner's settings plus profiling (profiling
+        is fixed when a session is created); node kernel times aggregated by op type."""
+        import onnxruntime as ort
+
+        runs = min(max(1, runs), PROFILED_RUNS)
+
+        onnx_files = [f for f in self.artifact.files if f.endswith(".onnx")]
+        if not onnx_files:
+            return OperatorProfile("onnxruntime", "", (), 0, None, "the artifact has no .onnx file to profile")
+        loaded = self.session.get_session_options()  # the live session's options: copy, never modify
+        options = ort.SessionOptions()
+        for name in ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "execution_mode",
+                     "log_severity_level"):
+            setattr(options, name, getattr(loaded, name))
+        with tempfile.TemporaryDirectory(prefix="inferforge-profile-") as tmp:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "ort")
+            session = ort.InferenceSession(str(self.artifact.directory / onnx_files[0]), options,
+                                           providers=self.session.get_providers())
+            feed = dict(zip([i.name for i in session.get_inputs()], self.to_native(inputs), strict=True))
+            for _ in range(runs + 1):  # the first run also initializes; it is dropped below
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
+        per_run = len(nodes) // (runs + 1)
+        totals: dict[str, tuple[int, float]] = {}
+        for event in nodes[per_run:]:
+            op = str(event.get("args", {}).get("op_name", event["name"]))
+            calls, us = totals.get(op, (0, 0.0))
+            totals[op] = (calls + 1, us + float(event.get("dur", 0)))
+        write_trace(trace_path, events)
+        return OperatorProfile("onnxruntime", "node kernel time", top_operators(totals, runs), runs,
+                               str(trace_path) if trace_path else None)
 
 

@@ -18,17 +18,28 @@ import logging
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import (
+    SEARCH_ORDER,
+    Artifact,
+    Backend,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+    one_of,
+)
 from inferforge.backends.onnx_common import quiet
 from inferforge.data import Dataset
 from inferforge.environment import native_bf16_reason, usable_cores, version_of
 from inferforge.errors import BuildError, one_line
+from inferforge.operator_profile import WARMUP_RUNS, OperatorProfile, top_operators, write_trace
 from inferforge.source import ModelSource, SourceKind, _at_least_batch_2
 from inferforge.types import Dim, ModelSpec, Precision, TensorSpec
 
@@ -44,15 +55,30 @@ _PASS_THROUGH = frozenset({"Convert", "Reshape", "Transpose", "Squeeze", "Unsque
 
 
 @dataclass(frozen=True)
-class OpenVinoOptions:
+class OpenVinoOptions(BackendOptions):
     hint: str = "latency"  # PERFORMANCE_HINT: "latency" or "throughput" (OpenVINO picks the streams)
     keep_fp32: tuple[str, ...] = ()  # INT8: names of operations in the IR that NNCF leaves in FP32
+
+    def problems(self) -> list[str]:
+        return one_of("hint", self.hint, tuple(HINTS))
+
+    def precision_problems(self, precision: Precision) -> list[str]:
+        if self.keep_fp32 and precision is not Precision.INT8:
+            return ["keep_fp32 names operations NNCF leaves unquantized; only an int8 build quantizes"]
+        return []
+
+    def with_fp32_layers(self, layers: tuple[str, ...]) -> OpenVinoOptions:
+        return replace(self, keep_fp32=layers)
 
 
 class OpenVinoBackend(Backend):
     name = "openvino"
     accepts = frozenset({SourceKind.TORCH, SourceKind.EXPORTED, SourceKind.TORCHSCRIPT, SourceKind.ONNX})
     options_type = OpenVinoOptions
+    packages = ("torch", "openvino")
+
+    def required_packages(self, config: BuildConfig) -> tuple[str, ...]:
+        return (*self.packages, "nncf") if config.precision is Precision.INT8 else self.packages  # NNCF quantizes
 
     def search_order(self, config: BuildConfig) -> int:
         return SEARCH_ORDER["likely"] + (3 if config.precision is Precision.INT8 else 0)  # NNCF calibrates
@@ -67,14 +93,13 @@ class OpenVinoBackend(Backend):
                 for precision in (Precision.FP32, Precision.BF16, Precision.INT8)]
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        if version_of("openvino") is None:
-            return "openvino is not installed (pip install openvino)"
+        missing = self.missing_packages_reason(config)
+        if missing:
+            return missing
         if config.precision not in (Precision.FP32, Precision.BF16, Precision.INT8):
             return f"the openvino backend builds fp32, bf16 and int8, not {config.precision.value}"
         if config.precision is Precision.BF16 and native_bf16_reason():
             return native_bf16_reason()
-        if config.precision is Precision.INT8 and version_of("nncf") is None:
-            return "openvino int8 needs nncf for post-training quantization (pip install nncf)"
         return super().unavailable_reason(config, source)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
@@ -82,9 +107,7 @@ class OpenVinoBackend(Backend):
         """Write model.xml/.bin (weights kept in f32) and compiled/<hash>.blob. Raises BuildError."""
         import openvino as ov
 
-        options: OpenVinoOptions = config.options
-        if options.hint not in HINTS:
-            raise BuildError(f"openvino hint {options.hint!r} is not one of {sorted(HINTS)}")
+        options = OpenVinoOptions.of(config)
         if config.precision is Precision.INT8 and calibration is None:
             raise BuildError("openvino int8 quantizes activations with scales measured on calibration samples, and "
                              "none were given: pass calibration data (--calibration, or --data with real samples)")
@@ -116,7 +139,7 @@ class OpenVinoBackend(Backend):
 
         core = ov.Core()
         model = core.read_model(str(artifact.directory / MODEL))
-        settings = _compile_settings(artifact.config.options.hint, threads, artifact.config.precision)
+        settings = _compile_settings(OpenVinoOptions.of(artifact.config).hint, threads, artifact.config.precision)
         with tempfile.TemporaryDirectory(prefix="inferforge-openvino-") as cache:
             for blob in (artifact.directory / CACHE).glob("*.blob"):
                 shutil.copyfile(blob, Path(cache) / blob.name)
@@ -175,6 +198,56 @@ class OpenVinoRunner(Runner):
             request = self._local.request = self.compiled.create_infer_request()
         results = request.infer(args, share_inputs=True)  # outputs are copied: the next call reuses buffers
         return [results[i] for i in range(len(self.spec.outputs))]
+
+    def threads(self) -> int:
+        """Threads are shared among the streams; one call runs on one stream's share."""
+        compiled = self.compiled
+        return max(1, int(compiled.get_property("INFERENCE_NUM_THREADS")) // int(compiled.get_property("NUM_STREAMS")))
+
+    def profile_operators(self, inputs: Mapping[str, Any], runs: int, trace_path: Path | None) -> OperatorProfile:
+        """A second compiled model with the runner's settings plus performance counters, by node type.
+
+        The CPU plugin's counters are a running mean over every inference of the compiled model (seen on
+        2026.4: one cold run then 200 warm ones read about 1 us), so the warm-up's share is taken out of
+        the mean after all runs. OpenVINO gives durations, not start times: the trace lays the nodes of
+        one mean run end to end."""
+        import openvino as ov
+
+        runs = max(1, runs)  # the counters cost little and need many runs for their 1 us resolution
+
+        xml = [f for f in self.artifact.files if f.endswith(".xml")]
+        if not xml:
+            return OperatorProfile("openvino", "", (), 0, None, "the artifact has no OpenVINO IR (.xml) to profile")
+        settings = {k: self.compiled.get_property(k) for k in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS",
+                                                                 "NUM_STREAMS", "INFERENCE_PRECISION_HINT")}
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(self.artifact.directory / xml[0])), "CPU",
+                                      {**settings, ov.properties.enable_profiling(): True})
+        request = compiled.create_infer_request()
+        args = self.to_native(inputs)
+
+        def mean_us() -> dict[str, tuple[str, str, float]]:
+            return {i.node_name: (i.node_type, i.exec_type, i.real_time.total_seconds() * 1e6)
+                    for i in request.get_profiling_info() if i.status == i.Status.EXECUTED}
+
+        for _ in range(WARMUP_RUNS):
+            request.infer(args)
+        warm = mean_us()
+        for _ in range(runs):
+            request.infer(args)
+        totals: dict[str, tuple[int, float]] = {}
+        events: list[dict[str, Any]] = []
+        clock_us = 0.0
+        for name, (node_type, exec_type, mean) in mean_us().items():
+            us = max(0.0, (mean * (WARMUP_RUNS + runs) - warm.get(name, ("", "", 0.0))[2] * WARMUP_RUNS) / runs)
+            calls, total = totals.get(node_type, (0, 0.0))
+            totals[node_type] = (calls + runs, total + us * runs)
+            events.append({"name": name, "cat": node_type, "ph": "X", "ts": clock_us, "dur": us, "pid": 0, "tid": 0,
+                           "args": {"exec_type": exec_type, "mean_of_runs": runs}})
+            clock_us += us
+        write_trace(trace_path, events)
+        return OperatorProfile("openvino", "node real time", top_operators(totals, runs), runs,
+                               str(trace_path) if trace_path else None)
 
 
 def convert(source: ModelSource) -> tuple[Any, str]:

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import (
+    SEARCH_ORDER,
+    Artifact,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+)
 from inferforge.backends.torch_common import TorchBackend, TorchRunner, set_torch_threads
 from inferforge.data import Dataset
 from inferforge.errors import BuildError, SourceError, one_line
@@ -38,7 +45,7 @@ CODE_DIR = "code"
 
 
 @dataclass(frozen=True)
-class SourceOptions:
+class SourceOptions(BackendOptions):
     """``compile``: torch.compile the module at load (graph breaks allowed)."""
 
     compile: bool = False
@@ -49,6 +56,7 @@ class PythonSourceBackend(TorchBackend):
     accepts = frozenset({SourceKind.TORCH})
     options_type = SourceOptions
     runs_user_code = True
+    packages = ("torch", "safetensors")  # the weights travel as safetensors, never as a pickle
     portable = True
 
     def configs(self, device: str) -> list[BuildConfig]:
@@ -58,7 +66,7 @@ class PythonSourceBackend(TorchBackend):
         return [BuildConfig(self.name, Precision.FP32, device, SourceOptions(compile=c)) for c in (False, True)]
 
     def search_order(self, config: BuildConfig) -> int:
-        if config.options.compile:
+        if SourceOptions.of(config).compile:
             return SEARCH_ORDER["compiles"] + 5
         return SEARCH_ORDER["fallback"] if config.precision is Precision.FP32 else SEARCH_ORDER["default"]
 
@@ -69,9 +77,7 @@ class PythonSourceBackend(TorchBackend):
         if source.factory_ref is None:
             return ("the model came as a Python object, not as a factory ('file.py:factory' or "
                     "'package.module:factory'): there is no code to package")
-        if importlib.util.find_spec("safetensors") is None:
-            return "safetensors is not installed (pip install safetensors)"
-        if config.options.compile and _captures(source):
+        if SourceOptions.of(config).compile and _captures(source):
             return ("not needed: torch.export captures this model whole, so the inductor candidates compile it "
                     "without graph breaks")
         return None
@@ -94,7 +100,7 @@ class PythonSourceBackend(TorchBackend):
         save_model(source.module.model, str(out_dir / WEIGHTS))  # shared (tied) weights stored once
         (out_dir / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
         details = {"format": "python source + safetensors", "factory": source.factory_ref,
-                   "runs_user_code": True, "compile": config.options.compile}
+                   "runs_user_code": True, "compile": SourceOptions.of(config).compile}
         if config.precision is not Precision.FP32:
             details["precision_by"] = "torch.autocast (weights stay FP32)"
         return artifact_from_dir(config, out_dir, {"package:torch": ">=2.0", "package:safetensors": ">=0.4"}, details)
@@ -121,7 +127,7 @@ class PythonSourceBackend(TorchBackend):
         for module in flat.modules():
             if isinstance(module, torch.nn.RNNBase):
                 module.flatten_parameters()
-        fn: Any = torch.compile(flat, dynamic=None) if config.options.compile else flat
+        fn: Any = torch.compile(flat, dynamic=None) if SourceOptions.of(config).compile else flat
         if config.precision in (Precision.FP16, Precision.BF16):
             fn = _autocast(fn, config.device, torch.float16 if config.precision is Precision.FP16 else torch.bfloat16)
         return TorchRunner(spec, artifact, fn, cast_inputs=False)

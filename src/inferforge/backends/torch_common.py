@@ -11,7 +11,7 @@ one process do not change each other's numerics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +23,7 @@ from inferforge.environment import (
     cuda_unavailable_reason,
     native_bf16_reason,
 )
+from inferforge.operator_profile import PROFILED_RUNS, OperatorProfile, torch_operators
 from inferforge.source import ModelSource
 from inferforge.types import ModelSpec, Precision
 
@@ -206,6 +207,13 @@ class TorchRunner(Runner):
         self._clone = clone_outputs
         self._channels_last = wants_channels_last(spec, self.device) if channels_last is None else channels_last
         self._torch = torch
+
+    def threads(self) -> int:
+        return int(self._torch.get_num_threads())  # torch's intra-op threads are per process
+
+    def profile_operators(self, inputs: Mapping[str, Any], runs: int, trace_path: Path | None) -> OperatorProfile:
+        return torch_operators(lambda: self(inputs), self.synchronize, self.device.startswith("cuda"),
+                               min(max(1, runs), PROFILED_RUNS), trace_path)
 
     def to_native(self, inputs: Any) -> list[Any]:
         args = super().to_native(inputs)

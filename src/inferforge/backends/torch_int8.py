@@ -34,13 +34,22 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.aoti import AotInductorBackend, compile_package, vector_isa
-from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.aoti import PACKAGE, AotInductorBackend, compile_package, vector_isa
+from inferforge.backends.base import (
+    SEARCH_ORDER,
+    Artifact,
+    Backend,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+    one_of,
+)
 from inferforge.data import Dataset
 from inferforge.environment import cpu_flags, version_of
 from inferforge.errors import BuildError, Unavailable, one_line
@@ -63,9 +72,18 @@ _NEEDS_TORCHAO = ("INT8 through PT2E needs torchao (pip install torchao): torch 
 
 
 @dataclass(frozen=True)
-class TorchInt8Options:
+class TorchInt8Options(BackendOptions):
     mode: str = "dynamic"  # "dynamic" (weights int8, activations per call) or "static" (calibrated)
     keep_fp32: tuple[str, ...] = ()  # module names left unquantized, e.g. "encoder.layer.0.output.dense"
+
+    def problems(self) -> list[str]:
+        return one_of("mode", self.mode, MODES)
+
+    def precision_problems(self, precision: Precision) -> list[str]:
+        return [] if precision is Precision.INT8 else [f"torch-int8 builds int8, not {precision.value}"]
+
+    def with_fp32_layers(self, layers: tuple[str, ...]) -> TorchInt8Options:
+        return replace(self, keep_fp32=layers)
 
 
 class TorchInt8Backend(Backend):
@@ -82,11 +100,9 @@ class TorchInt8Backend(Backend):
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
         reason = super().unavailable_reason(config, source)
-        options: TorchInt8Options = config.options
-        if reason or config.precision is not Precision.INT8:
-            return reason or f"{self.name} builds int8, not {config.precision.value}"
-        if options.mode not in MODES:
-            return f"{self.name} mode {options.mode!r} is not one of {', '.join(MODES)}"
+        options = TorchInt8Options.of(config)
+        if reason:
+            return reason
         if platform.machine() not in ("x86_64", "AMD64"):
             return f"the X86 Inductor quantizer targets x86-64 CPUs, this machine is {platform.machine()}"
         if options.mode == "dynamic" and source.kind is SourceKind.TORCH and _torchao_dynamic() is not None:
@@ -101,7 +117,7 @@ class TorchInt8Backend(Backend):
               calibration: Dataset | None = None) -> Artifact:
         """Quantize, then AOTInductor-compile with freezing into ``model.pt2``. Raises BuildError."""
         import torch
-        options: TorchInt8Options = config.options
+        options = TorchInt8Options.of(config)
         started = time.perf_counter()
         program, method, quantized = quantize(source, options, calibration)
         quantize_seconds = time.perf_counter() - started
@@ -320,7 +336,7 @@ def _package_disagrees(program: Any, out_dir: Path, source: ModelSource, calibra
     samples = calibration if calibration is not None else Dataset(source.example_inputs, None, "examples")
     args = next(_torch_batches(Dataset(samples.take(min(CALIBRATION_BATCH, len(samples))), None, ""), source.spec))
     with torch.no_grad():
-        want, got = program.module()(*args), aoti_load_package(str(out_dir / "model.pt2"))(*args)
+        want, got = program.module()(*args), aoti_load_package(str(out_dir / PACKAGE))(*args)
     for w, g in zip(want, got, strict=True):
         w, g = w.float().flatten(1), g.float().flatten(1)
         cosine = float(torch.nn.functional.cosine_similarity(w, g, dim=1, eps=1e-12).min())

@@ -39,7 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferforge.backends.base import SEARCH_ORDER, Artifact, BuildConfig, Runner, artifact_from_dir
+from inferforge.backends.base import (
+    PROGRAM,
+    SEARCH_ORDER,
+    Artifact,
+    BackendOptions,
+    BuildConfig,
+    Runner,
+    artifact_from_dir,
+)
 from inferforge.backends.cuda_graphs import BUCKETS
 from inferforge.backends.inductor import InductorOptions, compile_module, graphed_runner
 from inferforge.backends.torch_common import (
@@ -49,15 +57,13 @@ from inferforge.backends.torch_common import (
     set_torch_threads,
 )
 from inferforge.data import Dataset
-from inferforge.environment import torch_requirement, version_of
+from inferforge.environment import torch_requirement
 from inferforge.source import ModelSource, SourceKind, export_dynamic_shapes
 from inferforge.types import ModelSpec, Precision
 
-PROGRAM = "model.pt2"
-
 
 @dataclass(frozen=True)
-class TorchaoOptions:
+class TorchaoOptions(BackendOptions):
     """``scheme``: one of ``SCHEMES`` (see the module docstring)."""
 
     scheme: str = "fp8-rowwise"
@@ -74,6 +80,7 @@ class TorchaoCudaBackend(TorchBackend):
     refusals = {SourceKind.EXPORTED: "torchao quantizes nn.Linear modules; an exported program has none left",
                 SourceKind.TORCHSCRIPT: "torchao quantizes nn.Linear modules, not TorchScript"}
     options_type = TorchaoOptions
+    packages = ("torch", "torchao")
 
     def search_order(self, config: BuildConfig) -> int:
         return SEARCH_ORDER["slow"]  # FP8/INT8 GPU compiles took minutes and lost to FP16 so far
@@ -96,10 +103,8 @@ class TorchaoCudaBackend(TorchBackend):
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
         """torchao installed, then what every torch backend checks: source kind, device, and that this GPU
         computes the precision natively (FP8: compute capability 8.9, Ada and Hopper)."""
-        if version_of("torchao") is None:
-            return "torchao is not installed (pip install torchao)"
-        if config.options.scheme not in SCHEMES:
-            return f"unknown torchao scheme {config.options.scheme!r}; known: {', '.join(SCHEMES)}"
+        if TorchaoOptions.of(config).scheme not in SCHEMES:
+            return f"unknown torchao scheme {TorchaoOptions.of(config).scheme!r}; known: {', '.join(SCHEMES)}"
         return super().unavailable_reason(config, source)
 
     def build(self, source: ModelSource, config: BuildConfig, out_dir: Path, *,
@@ -108,12 +113,12 @@ class TorchaoCudaBackend(TorchBackend):
         from torchao.quantization import quantize_
 
         module = copy.deepcopy(source.module).to("cuda", torch.bfloat16).eval()
-        takes = _layer_filter(config.options.scheme)
+        takes = _layer_filter(TorchaoOptions.of(config).scheme)
         linears = sum(takes(m, name) for name, m in module.named_modules())
         if linears == 0:
-            raise ValueError(f"the model has no nn.Linear layer {config.options.scheme} can take: it would change "
+            raise ValueError(f"the model has no nn.Linear layer {TorchaoOptions.of(config).scheme} can take: it would change "
                              "nothing")
-        quantize_(module, _torchao_config(config.options.scheme), filter_fn=takes)
+        quantize_(module, _torchao_config(TorchaoOptions.of(config).scheme), filter_fn=takes)
         args = tuple(a.to("cuda") for a in source.export_args())
         args = tuple(a.to(torch.bfloat16) if a.is_floating_point() else a for a in args)
         with torch.no_grad():  # not inference_mode: export cannot trace torchao's subclasses on inference tensors
@@ -122,7 +127,7 @@ class TorchaoCudaBackend(TorchBackend):
         torch.export.save(program, str(out_dir / PROGRAM))
         requires = {**torch_requirement(same_series=True), **device_requirement(config)}
         return artifact_from_dir(config, out_dir, requires, {
-            "format": "torch.export (torchao traced)", "scheme": config.options.scheme,
+            "format": "torch.export (torchao traced)", "scheme": TorchaoOptions.of(config).scheme,
             "quantized_linear_layers": linears, "static_batch_sizes": list(BUCKETS)})
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:

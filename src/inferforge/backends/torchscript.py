@@ -32,7 +32,7 @@ class TorchScriptBackend(Backend):
     name = "torchscript"
     accepts = frozenset({SourceKind.TORCH, SourceKind.TORCHSCRIPT, SourceKind.EXPORTED})
     portable = True
-    export_formats = frozenset({"torchscript"})
+    export_formats = {"torchscript": MODULE}
 
     def search_order(self, config: BuildConfig) -> int:
         return SEARCH_ORDER["likely"] + 5  # builds in seconds; after the runtimes that usually win on a CPU
