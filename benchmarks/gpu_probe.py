@@ -8,6 +8,8 @@
     python3 benchmarks/gpu_probe.py candidates # named inferforge candidates, built and loaded by their backends
     python3 benchmarks/gpu_probe.py aoti_small # AOTInductor CUDA on a small MLP: which build/load ways crash
     python3 benchmarks/gpu_probe.py fp8        # fp8-static vs the FP16 pick and torch.compile FP16, profiles, MiniLM
+    python3 benchmarks/gpu_probe.py fp8_micro  # BERT-base's pointwise passes, Q/K/V products, SDPA kernels, alone
+    python3 benchmarks/gpu_probe.py fp8_minilm # fp8-static on MiniLM's real weights (MINILM_DIR, from minilm_prep)
     python3 benchmarks/gpu_probe.py minilm_prep  # here, not on the GPU machine: MiniLM's real weights for fp8
 
 Run from the repository root with ``PYTHONPATH=src:benchmarks``; results go to ``$OUT/probe-<section>.json``.
