@@ -24,7 +24,7 @@ from inferforge.backends.onnxruntime import OnnxRuntimeBackend
 from inferforge.backends.onnxruntime_int8 import quantized_nodes
 from inferforge.candidate import Status
 from inferforge.data import Dataset, generated_dataset
-from inferforge.errors import BuildError
+from inferforge.errors import BuildError, SpecError
 from inferforge.source import ModelSource, load_source
 from inferforge.types import Precision
 
@@ -119,9 +119,10 @@ def test_static_int8_without_calibration_data_says_what_to_pass(cnn: Built, tmp_
         cnn.backend.build(cnn.source, STATIC, tmp_path, calibration=None)
 
 
-def test_options_that_contradict_the_precision_are_refused(cnn: Built, tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match="mode 'static' does not fit precision fp32"):
-        cnn.backend.build(cnn.source, replace(STATIC, precision=Precision.FP32), tmp_path)
+def test_options_that_contradict_the_precision_are_refused() -> None:
+    """Refused where the config is written, before any build."""
+    with pytest.raises(SpecError, match="mode 'static' does not fit precision fp32"):
+        replace(STATIC, precision=Precision.FP32)
 
 
 def test_keep_fp32_leaves_those_nodes_unquantized(cnn: Built, mlp: Built) -> None:

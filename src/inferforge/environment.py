@@ -6,6 +6,7 @@ with it, so a package refuses clearly where it cannot run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -118,6 +119,7 @@ def _gpu_name() -> str:
 def unmet_requirements(requires: dict[str, str]) -> list[str]:
     """Each requirement this host misses, as a sentence. Keys: ``package:NAME`` (">=X.Y", or "==X.Y" for
     the X.Y series),
+    ``module:NAME`` (an importable Python module the artifact's code imports by name),
     ``cpu_flag:NAME``, ``machine`` (e.g. "x86_64") and ``cuda_capability`` (">=8.0", or "==9.0" for kernels
     compiled for one GPU generation)."""
     problems = []
@@ -129,6 +131,9 @@ def unmet_requirements(requires: dict[str, str]) -> list[str]:
                 problems.append(f"needs the Python package {name} {want}, which is not installed")
             elif not _version_satisfies(have, want):
                 problems.append(f"needs {name} {want}, this machine has {have}")
+        elif kind == "module" and importlib.util.find_spec(name) is None:
+            problems.append(f"imports the Python module {name}, which this machine does not have: install it "
+                            f"(or rebuild the package from a factory given as path/to/file.py:function)")
         elif kind == "cpu_flag" and name not in cpu_flags():
             problems.append(f"needs the CPU feature {name}, which this CPU ({cpu_model()}) lacks")
         elif kind == "machine" and platform.machine() != want:

@@ -90,20 +90,23 @@ class PythonSourceBackend(TorchBackend):
         module_ref, _, attr = source.factory_ref.rpartition(":")
         recipe: dict[str, Any] = {"factory": attr, "input_names": source.spec.input_names,
                                   "call_by_keyword": source.call_by_keyword}
-        if module_ref.endswith(".py"):
+        requires = {"package:torch": ">=2.0", "package:safetensors": ">=0.4"}
+        file = Path(module_ref) if module_ref.endswith(".py") else _local_module_file(module_ref)
+        if file is not None:
             code = out_dir / CODE_DIR
             code.mkdir()
-            shutil.copyfile(module_ref, code / Path(module_ref).name)
-            recipe["file"] = f"{CODE_DIR}/{Path(module_ref).name}"
+            shutil.copyfile(file, code / file.name)
+            recipe["file"] = f"{CODE_DIR}/{file.name}"
         else:
             recipe["module"] = module_ref
+            requires[f"module:{module_ref}"] = "importable"
         save_model(source.module.model, str(out_dir / WEIGHTS))  # shared (tied) weights stored once
         (out_dir / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
         details = {"format": "python source + safetensors", "factory": source.factory_ref,
                    "runs_user_code": True, "compile": SourceOptions.of(config).compile}
         if config.precision is not Precision.FP32:
             details["precision_by"] = "torch.autocast (weights stay FP32)"
-        return artifact_from_dir(config, out_dir, {"package:torch": ">=2.0", "package:safetensors": ">=0.4"}, details)
+        return artifact_from_dir(config, out_dir, requires, details)
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
         import torch
@@ -131,6 +134,22 @@ class PythonSourceBackend(TorchBackend):
         if config.precision in (Precision.FP16, Precision.BF16):
             fn = _autocast(fn, config.device, torch.float16 if config.precision is Precision.FP16 else torch.bfloat16)
         return TorchRunner(spec, artifact, fn, cast_inputs=False)
+
+
+def _local_module_file(module_ref: str) -> Path | None:
+    """The file of a one-file module imported from a folder of the user's (``models:make`` with models.py beside
+    them): copied into the package like ``models.py:make``, so the package opens where that folder is not.
+    None for a package (a folder of modules) or an installed module, which the machine that loads must have."""
+    try:
+        spec = importlib.util.find_spec(module_ref)
+    except (ImportError, ValueError):
+        return None
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    if origin is None or origin.suffix != ".py" or origin.name == "__init__.py" or "." in module_ref:
+        return None
+    if any(part in ("site-packages", "dist-packages") for part in origin.parts):
+        return None
+    return origin
 
 
 def _captures(source: ModelSource) -> bool:
