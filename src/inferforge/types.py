@@ -228,8 +228,20 @@ def name_problems(expected: Iterable[str], given: Iterable[str]) -> list[str]:
     return problems
 
 
-def check_inputs(spec: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> None:
-    """Check names, ranks, dtypes and static dims; raise one SpecError listing every problem."""
+def check_inputs(spec: Sequence[TensorSpec | TensorMeta], inputs: Mapping[str, Any], *,
+                 max_batch_size: int | None = None, client_request: bool = False) -> int:
+    """Check inputs against the model's spec; return the batch size (rows; 1 when no input has a batch axis).
+
+    The one input checker: the runner passes the package's ``TensorSpec``s, the server the
+    ``TensorMeta``s its clients see (an adapter's BYTES input included), and each problem is named
+    in that vocabulary (``dtype float64`` for the one, ``datatype FP64`` for the other). Always
+    checked: names, dtype (a bfloat16 input takes float32, as bf16 travels), rank, static dims, and
+    one batch size across the inputs (a TensorSpec's ``B`` axis; a TensorMeta's dimension 0).
+    ``client_request`` adds what a server promises its clients and a runner leaves to the model:
+    no empty dynamic dimension, integer and bool values inside the declared range (a range inferred
+    from example data is no contract for a runner, and an empty dimension may mean something to
+    the model). ``max_batch_size`` caps the rows. Raises one SpecError listing every problem.
+    """
     problems = name_problems([s.name for s in spec], inputs)
     batch_sizes: set[int] = set()
     for s in spec:
@@ -238,17 +250,43 @@ def check_inputs(spec: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> None:
         value = inputs[s.name]
         shape = tuple(value.shape)
         dtype = str(value.dtype).removeprefix("torch.")
-        if dtype != s.dtype and not (s.dtype == "bfloat16" and dtype == "float32"):
-            problems.append(f"{s.name}: dtype {dtype}, expected {s.dtype}")
-        if len(shape) != len(s.shape):
-            problems.append(f"{s.name}: shape {list(shape)} has rank {len(shape)}, expected {s}")
+        if isinstance(s, TensorMeta):  # the wire's vocabulary: -1 is a dynamic dim, rows are dimension 0
+            kind = getattr(value.dtype, "kind", "")
+            got = "BYTES" if kind and kind in "OSU" else SPEC_DATATYPE.get(dtype, dtype.upper())
+            want, word, shown = s.datatype, "datatype", f"{list(s.shape)} (-1 = any size)"
+            dims: tuple[int | None, ...] = tuple(d if d >= 0 else None for d in s.shape)
+            batch_axis = 0 if s.shape else None
+            fits = got == want
+            integral = want not in ("FP16", "FP32", "FP64", "BF16", "BYTES")
+        else:
+            got, want, word, shown = dtype, s.dtype, "dtype", str(s)
+            dims = tuple(d if isinstance(d, int) else None for d in s.shape)
+            batch_axis = s.batch_axis
+            fits = got == want or (want == "bfloat16" and got == "float32")
+            integral = not s.is_float
+        if not fits:
+            problems.append(f"input {s.name!r}: {word} {got}, expected {want}")
+        if len(shape) != len(dims):
+            problems.append(f"input {s.name!r}: shape {list(shape)} has rank {len(shape)}, expected {shown}")
             continue
-        for axis, (got, want) in enumerate(zip(shape, s.shape, strict=True)):
-            if isinstance(want, int) and got != want:
-                problems.append(f"{s.name}: dimension {axis} is {got}, expected {want} ({s})")
-        if s.batch_axis is not None:
-            batch_sizes.add(shape[s.batch_axis])
+        for axis, (size, fixed) in enumerate(zip(shape, dims, strict=True)):
+            if fixed is not None and size != fixed:
+                problems.append(f"input {s.name!r}: dimension {axis} is {size}, expected {fixed} ({shown})")
+            elif fixed is None and size == 0 and client_request:
+                problems.append(f"input {s.name!r}: dimension {axis} is empty")
+        if batch_axis is not None:
+            batch_sizes.add(shape[batch_axis])
+        if client_request and fits and integral and s.value_range is not None and value.size:
+            lo, hi = s.value_range
+            if value.min() < lo or value.max() > hi:
+                problems.append(f"input {s.name!r}: values must lie in {lo:g}..{hi:g}, got "
+                                f"{value.min()}..{value.max()}")
     if len(batch_sizes) > 1:
         problems.append(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    batch = batch_sizes.pop() if len(batch_sizes) == 1 else 1
+    if not problems and max_batch_size is not None and batch > max_batch_size:
+        problems.append(f"batch of {batch} rows is above this model's max_batch_size {max_batch_size}: "
+                        "split the request")
     if problems:
         raise SpecError("inputs do not fit the model's spec: " + "; ".join(problems))
+    return batch
