@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from serve_helpers import serving
+from serve_helpers import serving, wait_until
 
 from inferforge.cli import main
 from inferforge.serve.loadgen import SCENARIOS, LoadgenSettings, bench
+from inferforge.serve.loadgen_target import Target
 
 # Short runs: enough queries for LoadGen's early-stopping minimums, not figures.
 QUICK = LoadgenSettings(duration_s=0.5, search_steps=2, search_duration_s=0.3, samples=64, max_batch=8,
@@ -81,3 +86,55 @@ def test_bench_bad_input_is_one_clear_line(args: list[str], fragment: str, tmp_p
 def test_unknown_scenario_is_refused(mlp_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", str(mlp_package), "--scenarios", "Batch", "--out", str(tmp_path)]) == 2
     assert "unknown scenario(s) ['Batch']" in capsys.readouterr().err
+
+
+class _HeldInstance:
+    """An instance whose first batch waits for the test, so later queries must queue behind it."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.batches: list[int] = []
+        self.fail = fail
+        self._thread = ThreadPoolExecutor(1)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(len(inputs["x"]))
+        self.entered.set()
+        if not self.release.wait(30):
+            raise TimeoutError("the test never released the instance")
+        if self.fail:
+            raise RuntimeError("kernel crashed")
+        return {"y": inputs["x"] * 2}
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
+        return self._thread.submit(self.run, inputs)
+
+    def close(self) -> None:
+        self._thread.shutdown()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_in_process_queries_queue_on_the_server_s_batcher(monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    """LoadGen's in-process runs batch as the server does: whatever queued, never above max_batch samples;
+    every sample completes, and a failing batch marks the run instead of hanging it."""
+    import mlperf_loadgen as lg
+
+    completed: list[int] = []
+    monkeypatch.setattr(lg, "QuerySamplesComplete", completed.extend)
+    monkeypatch.setattr(lg, "QuerySampleResponse", lambda sample_id, data, size: sample_id)
+    instance = _HeldInstance(fail)
+    system = Target.in_process(instance).system({"x": np.arange(16, dtype=np.float32)[:, None]}, 4)
+    try:
+        system.issue([SimpleNamespace(id=0, index=0)])
+        assert instance.entered.wait(30), "the first query never reached the instance"
+        for i in range(1, 11):  # ten one-sample queries, as LoadGen's Server scenario issues them
+            system.issue([SimpleNamespace(id=i, index=i)])
+        wait_until(lambda: system._batcher.queued_rows == 10, what="ten samples queued")  # type: ignore[attr-defined]
+        instance.release.set()
+        wait_until(lambda: len(completed) == 11, what="every sample completed")
+    finally:
+        system.stop()
+        instance.close()
+    assert instance.batches == [1, 4, 4, 2]
+    assert sorted(completed) == list(range(11)) and len(system.latencies) == 11
+    assert bool(system.errors) == fail and all("kernel crashed" in e for e in system.errors)

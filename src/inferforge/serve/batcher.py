@@ -7,6 +7,11 @@ once instead of waiting for company (``max_queue_delay_ms`` adds a wait only whe
 asked for). Sizes are counted in samples (rows), never in requests, so a client
 that sends 8 rows takes 8 places (BentoML #3859). The queue is bounded: a full
 queue refuses at once with a retry hint instead of growing until memory runs out.
+
+The one collector: the server's models, a Ray Serve replica (``--ray-batching inferforge``) and
+LoadGen's in-process runs all queue through ``DynamicBatcher``. Ray Serve's own ``@serve.batch``
+(``--ray-batching ray``, kept to compare against) collects by itself, and merges and splits its
+batches with ``merge_rows`` and ``split_rows`` as this loop does.
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ class BatchingConfig:
                 "preferred_batch_sizes": list(self.preferred_batch_sizes), "max_queue_size": self.max_queue_size,
                 "instances": self.instances, "instance_kind": self.instance_kind,
                 "static_batch_sizes": list(self.static_batch_sizes)}
+
+
+class Batcher(Protocol):
+    """What a served model queues requests on: ``DynamicBatcher``, or Ray Serve's collector on a replica."""
+
+    @property
+    def queued_rows(self) -> int: ...
+
+    async def submit(self, inputs: dict[str, np.ndarray], rows: int,
+                     timeout_s: float | None = None) -> dict[str, np.ndarray]: ...
+
+    async def close(self, drain_timeout_s: float = 30.0) -> None: ...
 
 
 class Instance(Protocol):
@@ -159,7 +176,8 @@ class DynamicBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
-            merged, rows, padded = self._merge(batch)
+            merged, rows, padded = merge_rows([p.inputs for p in batch], [p.rows for p in batch],
+                                          self.config.static_batch_sizes)
             self._in_flight += 1
             try:
                 outputs = await asyncio.wrap_future(instance.submit(merged))
@@ -178,7 +196,9 @@ class DynamicBatcher:
                     if not p.future.done():
                         p.future.set_exception(failure)
                 continue
-            self._split(batch, outputs)
+            for p, piece in zip(batch, split_rows(outputs, [p.rows for p in batch]), strict=True):
+                if not p.future.done():
+                    p.future.set_result(piece)
 
     async def _next_batch(self) -> list[_Pending]:
         while not self._queue:
@@ -227,21 +247,31 @@ class DynamicBatcher:
         self._queue = keep
         return batch
 
-    def _merge(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], int, int]:
-        rows = sum(p.rows for p in batch)
-        padded = next((s for s in sorted(self.config.static_batch_sizes) if s >= rows), rows)
-        merged = {}
-        for name in batch[0].inputs:
-            parts = [p.inputs[name] for p in batch]
-            if padded > rows:  # repeat the last row: stays inside any value range the model expects
-                parts.append(np.repeat(parts[-1][-1:], padded - rows, axis=0))
-            merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return merged, rows, padded
 
-    def _split(self, batch: list[_Pending], outputs: dict[str, np.ndarray]) -> None:
-        start = 0
-        for p in batch:
-            piece = {name: value[start:start + p.rows] for name, value in outputs.items()}
-            start += p.rows
-            if not p.future.done():
-                p.future.set_result(piece)
+def merge_rows(parts: Sequence[Mapping[str, np.ndarray]], rows_each: Sequence[int],
+               static_batch_sizes: Sequence[int] = ()) -> tuple[dict[str, np.ndarray], int, int]:
+    """Requests of one ``shape_signature``, ``rows_each[i]`` rows each, as one batch: (merged inputs, rows,
+    padded rows).
+
+    Padded up to the smallest static batch size that holds the rows (an artifact built for
+    exact sizes), by repeating the last row: it stays inside any value range the model expects.
+    """
+    rows = sum(rows_each)
+    padded = next((s for s in sorted(static_batch_sizes) if s >= rows), rows)
+    merged = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        if padded > rows:
+            arrays.append(np.repeat(arrays[-1][-1:], padded - rows, axis=0))
+        merged[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    return merged, rows, padded
+
+
+def split_rows(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """A batch's outputs back to each request, ``rows[i]`` rows each in order (padding rows dropped)."""
+    pieces = []
+    start = 0
+    for count in rows:
+        pieces.append({name: value[start:start + count] for name, value in outputs.items()})
+        start += count
+    return pieces

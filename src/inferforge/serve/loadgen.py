@@ -9,19 +9,17 @@ exactly as in MLPerf Inference; inferforge only supplies the system under test:
   runs it at rising and halving rates to find the highest QPS whose p99 stays under the bound.
 - Offline: every sample at once (peak throughput).
 
-In-process, one worker thread owns the runner (the thread rule of ``serve/instances.py``) and
-takes whatever has queued, up to ``max_batch``, as one batch: dynamic batching, so Server and
-Offline measure what a batching server would do. Against a URL, ``concurrency`` threads each
-send one query per request; the server batches. LoadGen's own logs (``mlperf_log_summary.txt``
+In-process, the runner lives on an instance's own thread (the thread rule of ``serve/instances.py``)
+and queries queue on the server's own ``DynamicBatcher``, which runs whatever has queued, up to
+``max_batch`` samples, as one batch: Server and Offline measure what a batching server would do.
+Against a URL, ``concurrency`` threads each send one query per request; the server batches. LoadGen's own logs (``mlperf_log_summary.txt``
 and ``mlperf_log_detail.txt``) are kept per scenario next to our JSON.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.errors import InferforgeError
+from inferforge.serve.loadgen_target import Predict, SystemUnderTest, Target
 from inferforge.serve.remote import RemoteModel, numpy_dtype
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
@@ -38,7 +37,6 @@ EARLY_STOPPING_QUERIES = {"SingleStream": 64, "MultiStream": 662}
 MAX_KEPT_LATENCIES = 5000
 FINAL_SERVER_TRIES = 3  # per scenario, for the report's distribution chart
 
-Predict = Callable[[Mapping[str, np.ndarray]], Any]  # runs one batch; the result is ignored
 
 
 @dataclass(frozen=True)
@@ -73,94 +71,33 @@ class ScenarioResult:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in data.items()}
 
 
-class _SystemUnderTest:
-    """Queries in, batches out: a worker pool calls ``predict`` and completes the samples."""
-
-    def __init__(self, predicts: list[Predict], inputs: Mapping[str, np.ndarray], max_batch: int,
-                 batch_queued: bool) -> None:
-        self._inputs = inputs
-        self._max_batch = max_batch
-        self._batch_queued = batch_queued
-        self._queue: queue.Queue[list[Any] | None] = queue.Queue()
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self.first_issue = float("inf")
-        self.last_done = 0.0
-        self._lock = threading.Lock()
-        self._workers = [threading.Thread(target=self._work, args=(p,), daemon=True) for p in predicts]
-        for worker in self._workers:
-            worker.start()
-
-    def issue(self, query_samples: list[Any]) -> None:
-        now = time.perf_counter()
-        self.first_issue = min(self.first_issue, now)
-        for start in range(0, len(query_samples), self._max_batch):  # Offline issues everything at once
-            self._queue.put([(s, now) for s in query_samples[start:start + self._max_batch]])
-
-    def flush(self) -> None:
-        """LoadGen's flush: nothing is held back, so nothing to do."""
-
-    def stop(self) -> None:
-        for _ in self._workers:
-            self._queue.put(None)
-        for worker in self._workers:
-            worker.join(timeout=30)
-
-    def _work(self, predict: Predict) -> None:
-        import mlperf_loadgen as lg
-
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            while self._batch_queued and len(item) < self._max_batch:  # dynamic batching: take what waits
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                item += more
-            index = np.array([s.index for s, _ in item])
-            try:
-                predict({k: v[index] for k, v in self._inputs.items()})
-            except Exception as exc:  # completes anyway, so LoadGen does not hang; the run is marked invalid
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-            done = time.perf_counter()
-            with self._lock:
-                self.latencies += [(done - issued) * 1e3 for _, issued in item]
-                self.last_done = max(self.last_done, done)
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s, _ in item])
-
-
-def run_scenarios(predicts: list[Predict], inputs: Mapping[str, np.ndarray], settings: LoadgenSettings,
-                  out_dir: Path, batch_queued: bool, progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run_scenarios(target: Target, inputs: Mapping[str, np.ndarray], settings: LoadgenSettings,
+                  out_dir: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every requested scenario (Server with its QPS search) through LoadGen; results keyed by scenario."""
     unknown = set(settings.scenarios) - set(SCENARIOS)
     if unknown:
         raise InferforgeError(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     _import_loadgen()
     count = len(next(iter(inputs.values())))
-    single_s = _fastest_call(predicts[0], {k: v[:1] for k, v in inputs.items()})  # also the warm-up
-    batch_s = _fastest_call(predicts[0], {k: v[:settings.max_batch] for k, v in inputs.items()})
+    single_s = _fastest_call(target.predict, {k: v[:1] for k, v in inputs.items()})  # also the warm-up
+    batch_s = _fastest_call(target.predict, {k: v[:settings.max_batch] for k, v in inputs.items()})
     # Offline: LoadGen issues about expected QPS x duration samples, so too low a guess ends the run early.
-    offline_qps = 1.5 * len(predicts) * min(settings.max_batch, count) / batch_s
+    offline_qps = 1.5 * target.parallel * min(settings.max_batch, count) / batch_s
     results: dict[str, ScenarioResult] = {}
     for scenario in settings.scenarios:
         if scenario == "Server":
             continue  # after Offline, which tells the search where to start
         progress(f"LoadGen {scenario}")
-        results[scenario] = _run(scenario, predicts, inputs, count, settings, out_dir / scenario, batch_queued,
-                                 single_s, qps=offline_qps if scenario == "Offline" else None)
+        results[scenario] = _run(scenario, target, inputs, count, settings, out_dir / scenario, single_s,
+                                 qps=offline_qps if scenario == "Offline" else None)
     if "Server" in settings.scenarios:
-        results["Server"] = _server_search(predicts, inputs, count, settings, out_dir, batch_queued, single_s,
+        results["Server"] = _server_search(target, inputs, count, settings, out_dir, single_s,
                                            results.get("Offline"), progress)
     return {name: results[name].to_json() for name in SCENARIOS if name in results}
 
 
-def _server_search(predicts: list[Predict], inputs: Mapping[str, np.ndarray], count: int,
-                   settings: LoadgenSettings, out_dir: Path, batch_queued: bool, single_s: float,
+def _server_search(target: Target, inputs: Mapping[str, np.ndarray], count: int,
+                   settings: LoadgenSettings, out_dir: Path, single_s: float,
                    offline: ScenarioResult | None, progress: Callable[[str], None]) -> ScenarioResult:
     """Highest valid QPS: start from Offline's rate (or 1/latency), halve on failure, bisect after."""
     quick = replace(settings, duration_s=settings.search_duration_s)
@@ -171,8 +108,8 @@ def _server_search(predicts: list[Predict], inputs: Mapping[str, np.ndarray], co
     best: ScenarioResult | None = None
     for step in range(settings.search_steps):
         progress(f"LoadGen Server search {step + 1}/{settings.search_steps}: {qps:.1f} QPS")
-        trial = _run("Server", predicts, inputs, count, quick, out_dir / f"Server-search-{step + 1}", batch_queued,
-                     single_s, qps=qps)
+        trial = _run("Server", target, inputs, count, quick, out_dir / f"Server-search-{step + 1}", single_s,
+                     qps=qps)
         search.append({"qps": round(qps, 3), "p99_ms": trial.p99_ms, "valid": trial.valid})
         if trial.valid:
             good = qps
@@ -183,8 +120,7 @@ def _server_search(predicts: list[Predict], inputs: Mapping[str, np.ndarray], co
         good = min(s["qps"] for s in search)
     for attempt in range(FINAL_SERVER_TRIES):  # a full-length run can miss where a short one passed: step down
         progress(f"LoadGen Server at {good:.1f} QPS (final run)")
-        best = _run("Server", predicts, inputs, count, settings, out_dir / "Server", batch_queued, single_s,
-                    qps=good)
+        best = _run("Server", target, inputs, count, settings, out_dir / "Server", single_s, qps=good)
         if best.valid or attempt == FINAL_SERVER_TRIES - 1:
             break
         search.append({"qps": round(good, 3), "p99_ms": best.p99_ms, "valid": False})
@@ -205,9 +141,8 @@ def _fastest_call(predict: Predict, batch: Mapping[str, np.ndarray], calls: int 
     return max(1e-5, best)
 
 
-def _run(scenario: str, predicts: list[Predict], inputs: Mapping[str, np.ndarray], count: int,
-         settings: LoadgenSettings, log_dir: Path, batch_queued: bool, single_s: float,
-         qps: float | None) -> ScenarioResult:
+def _run(scenario: str, target: Target, inputs: Mapping[str, np.ndarray], count: int,
+         settings: LoadgenSettings, log_dir: Path, single_s: float, qps: float | None) -> ScenarioResult:
     lg = _import_loadgen()
     test = lg.TestSettings()
     test.scenario = getattr(lg.TestScenario, scenario)
@@ -232,7 +167,7 @@ def _run(scenario: str, predicts: list[Predict], inputs: Mapping[str, np.ndarray
     log.log_output.outdir = str(log_dir)
     log.log_output.copy_summary_to_stdout = False
     log.enable_trace = False
-    sut_impl = _SystemUnderTest(predicts, inputs, settings.max_batch, batch_queued)
+    sut_impl = target.system(inputs, settings.max_batch)
     sut = lg.ConstructSUT(sut_impl.issue, sut_impl.flush)
     qsl = lg.ConstructQSL(count, count, lambda _: None, lambda _: None)
     try:
@@ -244,7 +179,7 @@ def _run(scenario: str, predicts: list[Predict], inputs: Mapping[str, np.ndarray
     return _result(scenario, log_dir, sut_impl)
 
 
-def _result(scenario: str, log_dir: Path, sut: _SystemUnderTest) -> ScenarioResult:
+def _result(scenario: str, log_dir: Path, sut: SystemUnderTest) -> ScenarioResult:
     """LoadGen's verdict and figures from its summary; our own per-sample latencies for the charts."""
     summary = (log_dir / "mlperf_log_summary.txt").read_text()
 
@@ -302,9 +237,9 @@ def bench(package: Path | None, *, url: str | None = None, model: str | None = N
     out.mkdir(parents=True, exist_ok=True)
     if url is not None:
         remote = RemoteModel(url, model or (manifest["model"] if manifest else ""), token)
-        predicts: list[Predict] = [remote.predict] * settings.concurrency
         artifact, target = "as served", url
-        scenarios = run_scenarios(predicts, inputs, settings, out, batch_queued=False, progress=progress)
+        scenarios = run_scenarios(Target.remote(remote.predict, settings.concurrency), inputs, settings, out,
+                                  progress=progress)
     else:
         from inferforge.package import load
         from inferforge.serve.instances import ThreadInstance
@@ -313,8 +248,7 @@ def bench(package: Path | None, *, url: str | None = None, model: str | None = N
         instance = ThreadInstance(lambda: load(package, threads=threads))  # loaded and run on its own thread
         try:
             artifact, target = instance.runner.artifact.config.key(), "in-process"
-            scenarios = run_scenarios([lambda batch: instance.submit(dict(batch)).result()], inputs, settings, out,
-                                      batch_queued=True, progress=progress)
+            scenarios = run_scenarios(Target.in_process(instance), inputs, settings, out, progress=progress)
         finally:
             instance.close()
     document = {
