@@ -89,7 +89,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(mlp_package: Path) -> Non
         with ThreadPoolExecutor(2) as pool:
             held, in_flight = hold_one_request(server, pool, rows=2)
             stopping = pool.submit(server.call, server.server.stop())
-            wait_until(lambda: server.server.http.draining, what="draining")
+            wait_until(lambda: server.server.endpoints.draining, what="draining")
             assert not stopping.done()  # waits for the request still running
             held.release.set()
             status, _, payload = in_flight.result()

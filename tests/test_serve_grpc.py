@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from inferforge.errors import InferforgeError, ProtocolError
 from inferforge.serve import kserve_v2_pb2
 from inferforge.serve.auth import Auth
+from inferforge.serve.endpoints import V2Endpoints
 from inferforge.serve.grpc import build_grpc_server, decode_infer_request
 from inferforge.serve.repository import ModelRepository
 
@@ -209,7 +210,7 @@ def test_a_busy_port_fails_loudly(served: Serving) -> None:
     host, port = served.address.split(":")
 
     async def second_server() -> None:
-        build_grpc_server(served.repository, Auth(), host, int(port), max_message_bytes=1 << 20)
+        build_grpc_server(V2Endpoints(served.repository), Auth(), host, int(port), max_message_bytes=1 << 20)
 
     with pytest.raises(InferforgeError, match="cannot listen on"):
         served.run(second_server())

@@ -8,16 +8,16 @@ with ``grpc.method_handlers_generic_handler`` under the standard service name
 are the ones every client calls.
 
 This module only translates: tensors become an ``InferRequest`` and the ``InferResponse``
-becomes raw output contents (what ``InferResult.as_numpy`` reads); the checks, batching and
-errors live in ``protocol``, ``model`` and ``repository``, shared with the HTTP front end.
-A ``ProtocolError``'s HTTP status maps onto the gRPC code a client expects.
+becomes raw output contents (what ``InferResult.as_numpy`` reads). Readiness, model lookup,
+inference and its metrics are the operations of ``endpoints.V2Endpoints``, shared with the
+HTTP front ends; every failure goes through ``endpoints.failure`` (inputs that do not fit the
+model: INVALID_ARGUMENT), and its HTTP status maps onto the gRPC code a client expects.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,11 +26,12 @@ import numpy as np
 
 from inferforge.errors import InferforgeError, ProtocolError, one_line
 from inferforge.serve import kserve_v2_pb2
-from inferforge.serve.auth import Auth
-from inferforge.serve.metrics import ServerMetrics
+from inferforge.serve.auth import Access, Auth
+from inferforge.serve.endpoints import V2Endpoints, failure
 from inferforge.serve.protocol import (
     DATATYPES,
     InferRequest,
+    InferResponse,
     RequestedOutput,
     array_from_raw,
     datatype_of,
@@ -39,7 +40,6 @@ from inferforge.serve.protocol import (
     server_metadata_json,
     tensor_header,
 )
-from inferforge.serve.repository import ModelRepository
 
 log = logging.getLogger("inferforge.serve")
 # The generated module defines its message classes at import time, where mypy cannot see them.
@@ -61,28 +61,34 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def build_grpc_server(repository: ModelRepository, auth: Auth, host: str, port: int,
-                      max_message_bytes: int, metrics: ServerMetrics | None = None) -> tuple[grpc.aio.Server, int]:
+# Who may call each RPC, enforced once by ``_AuthInterceptor`` (health stays open, as over HTTP).
+METHOD_ACCESS = {"ServerLive": Access.PUBLIC, "ServerReady": Access.PUBLIC, "ModelReady": Access.TOKEN,
+                 "ServerMetadata": Access.TOKEN, "ModelMetadata": Access.TOKEN, "ModelInfer": Access.TOKEN}
+
+
+def build_grpc_server(endpoints: V2Endpoints, auth: Auth, host: str, port: int,
+                      max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
     """A bound, not yet started ``grpc.aio`` server and its port (the one the OS chose for ``port=0``).
 
     The caller awaits ``start()`` and ``stop(grace)``. Create it on the event loop that runs the
-    repository's models: the handlers await them there. ``max_message_bytes`` caps each request
+    endpoints' models: the handlers await them there. ``max_message_bytes`` caps each request
     and response (a bigger one gets RESOURCE_EXHAUSTED from gRPC itself).
     Raises ``InferforgeError`` when ``host:port`` cannot be bound.
     """
     # so_reuseport off: gRPC turns it on by default, and a second server on a busy port would then
     # silently share its traffic with the first instead of failing to start.
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+    server = grpc.aio.server(interceptors=[_AuthInterceptor(auth)],
+                             options=[("grpc.max_receive_message_length", max_message_bytes),
                                       ("grpc.max_send_message_length", max_message_bytes),
                                       ("grpc.so_reuseport", 0)])
-    servicer = _Servicer(repository, metrics or ServerMetrics())
+    servicer = _Servicer(endpoints)
     handlers = {
-        "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest, auth=None),
-        "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest, auth=None),
-        "ModelReady": _unary(servicer.model_ready, pb.ModelReadyRequest, auth),
-        "ServerMetadata": _unary(servicer.server_metadata, pb.ServerMetadataRequest, auth),
-        "ModelMetadata": _unary(servicer.model_metadata, pb.ModelMetadataRequest, auth),
-        "ModelInfer": _unary(servicer.model_infer, pb.ModelInferRequest, auth),
+        "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest),
+        "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest),
+        "ModelReady": _unary(servicer.model_ready, pb.ModelReadyRequest),
+        "ServerMetadata": _unary(servicer.server_metadata, pb.ServerMetadataRequest),
+        "ModelMetadata": _unary(servicer.model_metadata, pb.ModelMetadataRequest),
+        "ModelInfer": _unary(servicer.model_infer, pb.ModelInferRequest),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     try:
@@ -93,22 +99,44 @@ def build_grpc_server(repository: ModelRepository, auth: Auth, host: str, port: 
     return server, bound
 
 
-def _unary(method: Handler, request_type: Any, auth: Auth | None) -> grpc.RpcMethodHandler:
-    """One RPC: check the bearer token (unless ``auth`` is None), run it, turn failures into status codes.
+class _AuthInterceptor(grpc.aio.ServerInterceptor):
+    """The bearer token checked once per call, before any handler, by ``Auth.require`` and METHOD_ACCESS."""
+
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        # A method missing from the table needs the token: a forgotten entry stays closed, not open.
+        access = METHOD_ACCESS.get(details.method.rsplit("/", 1)[-1], Access.TOKEN)  # type: ignore[attr-defined]
+        try:
+            self.auth.require(access, _header(details.invocation_metadata, "authorization"))  # type: ignore[attr-defined]
+        except ProtocolError as error:
+            return _refusal(error)
+        return await continuation(details)
+
+
+def _refusal(error: ProtocolError) -> grpc.RpcMethodHandler:
+    async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        await _abort(context, error)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _unary(method: Handler, request_type: Any) -> grpc.RpcMethodHandler:
+    """One RPC: run it, turn failures into status codes through ``endpoints.failure``.
 
     Clients get one line and a code, never a traceback; the traceback of an unexpected
     failure goes to the server log.
     """
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            if auth is not None:
-                auth.check(_header(context, "authorization"))
             return await method(request, context)
-        except ProtocolError as exc:
-            await _abort(context, exc)
         except Exception as exc:
-            log.exception("gRPC %s failed", getattr(method, "__name__", "call"))
-            await _abort(context, ProtocolError(one_line(exc), 500))
+            error = failure(exc)
+            if error is not exc and error.status >= 500:
+                log.exception("gRPC %s failed", getattr(method, "__name__", "call"))
+            await _abort(context, error)
 
     return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=request_type.FromString,
                                                response_serializer=lambda message: message.SerializeToString())
@@ -124,64 +152,57 @@ async def _abort(context: grpc.aio.ServicerContext, error: ProtocolError) -> Non
     await context.abort(code, message, trailing_metadata=trailing)
 
 
-def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
+def _header(metadata: Any, key: str) -> str | None:
+    for name, value in metadata or ():
         if name == key:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return None
 
 
 class _Servicer:
-    """The six RPCs over one repository; each returns a response message or raises ProtocolError."""
+    """The six RPCs over the shared endpoints; each returns a response message or raises."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServerMetrics) -> None:
-        self.repository = repository
-        self.metrics = metrics
+    def __init__(self, endpoints: V2Endpoints) -> None:
+        self.endpoints = endpoints
 
     async def server_live(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.repository.ready)
+        return pb.ServerReadyResponse(ready=self.endpoints.is_ready())
 
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ModelReadyResponse(ready=self.repository.is_ready(request.name, request.version or None))
+        return pb.ModelReadyResponse(ready=self.endpoints.is_model_ready(request.name, request.version or None))
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(**server_metadata_json())
 
     async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        meta = self.repository.get(request.name, request.version or None).metadata_json()
+        meta = self.endpoints.model(request.name, request.version).metadata_json()
         tensors = {key: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta[key]]
                    for key in ("inputs", "outputs")}
         return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
                                         platform=meta["platform"], **tensors)
 
     async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        label = self.metrics.label(request.model_name, self.repository.serving)
-        try:
-            response = await self._infer(request, context)
-        except ProtocolError as exc:
-            self.metrics.record_request(label, "grpc", time.perf_counter() - started, exc.status)
-            raise
-        self.metrics.record_request(label, "grpc", time.perf_counter() - started)
-        return response
+        async def decode() -> InferRequest:
+            infer_request = decode_infer_request(request)
+            remaining = context.time_remaining()
+            if "timeout" not in infer_request.parameters and remaining is not None:
+                # The client's deadline bounds the queue wait too: no work for an answer nobody awaits.
+                infer_request.parameters["timeout"] = max(1, int(remaining * 1e6))
+            return infer_request
 
-    async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = self.repository.get(request.model_name, request.model_version or None)  # 404 before 400
-        infer_request = decode_infer_request(request)
-        remaining = context.time_remaining()
-        if "timeout" not in infer_request.parameters and remaining is not None:
-            # The client's deadline bounds the queue wait too: no work for an answer nobody awaits.
-            infer_request.parameters["timeout"] = max(1, int(remaining * 1e6))
-        result = await model.infer(infer_request)
-        response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version,
-                                         id=result.id)
-        for name, array, _ in selected_outputs(infer_request, result.outputs):
-            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            response.raw_output_contents.append(raw_bytes(array))
-        return response
+        return await self.endpoints.infer(request.model_name, request.model_version, "grpc", decode, _encode)
+
+
+def _encode(infer_request: InferRequest, result: InferResponse) -> Any:
+    """Outputs always raw (what ``InferResult.as_numpy`` reads), in the order the request asked for."""
+    response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=result.id)
+    for name, array, _ in selected_outputs(infer_request, result.outputs):
+        response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        response.raw_output_contents.append(raw_bytes(array))
+    return response
 
 
 def decode_infer_request(message: Any) -> InferRequest:

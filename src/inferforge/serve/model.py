@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from inferforge.adapters import InputAdapter, load_adapter
-from inferforge.errors import ProtocolError
-from inferforge.serve.batcher import BatchingConfig, BatchTiming, DynamicBatcher, Instance
-from inferforge.serve.protocol import InferRequest, InferResponse, check_request
-from inferforge.types import ModelSpec, TensorMeta
+from inferforge.errors import ProtocolError, SpecError
+from inferforge.serve.batcher import Batcher, BatchingConfig, BatchTiming, DynamicBatcher, Instance
+from inferforge.serve.protocol import InferRequest, InferResponse
+from inferforge.types import ModelSpec, TensorMeta, check_inputs
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class ServedModel:
     adapter: InputAdapter | None
     instances: list[Instance]
     request_timeout_s: float
-    batcher: DynamicBatcher | None = None
+    batcher: Batcher | None = None
     stats: ModelStats = field(default_factory=ModelStats)
     loaded_at: float = field(default_factory=time.time)
     on_batch: Callable[[ServedModel, BatchTiming], None] | None = None
@@ -139,10 +139,13 @@ class ServedModel:
             for instance in self.instances:  # on each instance's own thread, as traffic will run
                 instance.submit(sample).result()
 
-    def start(self) -> None:
-        """Start the batching loops (needs the running event loop)."""
-        self.batcher = DynamicBatcher(self.instances, self.batching, self._record_batch)
-        self.batcher.start()
+    def start(self, batcher: Batcher | None = None) -> None:
+        """Start the batching loops (needs the running event loop), or queue on ``batcher`` instead (Ray
+        Serve's own collector, which reports its batches to ``record_batch``)."""
+        if batcher is None:
+            batcher = DynamicBatcher(self.instances, self.batching, self.record_batch)
+            batcher.start()
+        self.batcher = batcher
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Finish queued and running requests, then release the instances."""
@@ -151,7 +154,8 @@ class ServedModel:
         for instance in self.instances:
             instance.close()
 
-    def _record_batch(self, timing: BatchTiming) -> None:
+    def record_batch(self, timing: BatchTiming) -> None:
+        """Statistics and ``on_batch`` for one executed batch, whichever collector formed it."""
         s = self.stats
         compute_ns = int(timing.compute_s * 1e9)
         s.execution_count += 1
@@ -169,18 +173,23 @@ class ServedModel:
             self.on_batch(self, timing)
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Check, adapt, queue, and answer one request. Raises ProtocolError (4xx/5xx) with the reason."""
+        """Check, adapt, queue, and answer one request.
+
+        Raises SpecError when the inputs do not fit (the front ends answer 400), ProtocolError
+        (4xx/5xx) for the rest, each with the reason.
+        """
         if self.batcher is None:
             raise ProtocolError(f"model {self.name} version {self.version} is not started", 503, 1.0)
         started = time.perf_counter()
         try:
-            rows = check_request(request.inputs, self.inputs, self.batching.max_batch_size)
+            rows = check_inputs(self.inputs, request.inputs, max_batch_size=self.batching.max_batch_size,
+                                client_request=True)
             inputs = request.inputs
             if self.adapter is not None:
                 inputs = await self.adapter.adapt(inputs)
             timeout = request.timeout_s() or self.request_timeout_s
             outputs = await self.batcher.submit(inputs, rows, timeout)
-        except ProtocolError:
+        except (ProtocolError, SpecError):
             self.stats.fail[0] += 1
             self.stats.fail[1] += int((time.perf_counter() - started) * 1e9)
             raise

@@ -2,8 +2,10 @@
 
 Both front ends (HTTP and gRPC) turn what they receive into an ``InferRequest``
 of numpy arrays and turn an ``InferResponse`` back into their own encoding, so
-datatypes, BYTES tensors and the checks against a model's inputs are written once.
-Every problem raises ``ProtocolError`` naming the tensor and what was wrong.
+datatypes and BYTES tensors are written once. Only the wire format is checked here
+(every problem raises ``ProtocolError`` naming the tensor and what was wrong); whether
+the tensors fit the model is ``types.check_inputs``'s one rule set, which the runner
+applies too.
 
 The HTTP binary tensor extension (Triton's, which ``tritonclient`` uses by default) is
 decoded here too: the body is a JSON header of ``Inference-Header-Content-Length``
@@ -16,14 +18,13 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from inferforge.errors import ProtocolError
-from inferforge.types import TensorMeta, name_problems
 
 # KServe v2 datatype -> numpy dtype. BYTES travel as numpy object arrays of bytes.
 DATATYPES: dict[str, np.dtype] = {
@@ -293,55 +294,7 @@ def encode_http_response(request: InferRequest, response: InferResponse) -> tupl
     return head + b"".join(tail), len(head)
 
 
-# ---- checks against the model -----------------------------------------------------------------------------------
-
-def check_request(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorMeta], max_batch_size: int) -> int:
-    """Check a request's tensors against the served inputs; return its batch size (rows).
-
-    Collects every problem (missing or unknown names, datatype, rank, static dims,
-    batch above ``max_batch_size``, integer values outside the declared range) into one error.
-    """
-    problems = name_problems([m.name for m in expected], inputs)
-    batches: set[int] = set()
-    for meta in expected:
-        if meta.name not in inputs:
-            continue
-        array = inputs[meta.name]
-        got_type = datatype_of(array)
-        if got_type != meta.datatype:
-            problems.append(f"input {meta.name!r}: datatype {got_type}, expected {meta.datatype}")
-            continue
-        if array.ndim != len(meta.shape):
-            problems.append(f"input {meta.name!r}: shape {list(array.shape)} has rank {array.ndim}, expected "
-                            f"{list(meta.shape)} (-1 = any size)")
-            continue
-        for axis, (got, want) in enumerate(zip(array.shape, meta.shape, strict=True)):
-            if want >= 0 and got != want:
-                problems.append(f"input {meta.name!r}: dimension {axis} is {got}, expected {want}")
-            elif want < 0 and got == 0:
-                problems.append(f"input {meta.name!r}: dimension {axis} is empty")
-        if array.ndim:
-            batches.add(array.shape[0])
-        if meta.value_range is not None and array.size and array.dtype.kind in "iub":
-            lo, hi = meta.value_range
-            if array.min() < lo or array.max() > hi:
-                problems.append(f"input {meta.name!r}: values must lie in {lo:g}..{hi:g}, got "
-                                f"{array.min()}..{array.max()}")
-    if len(batches) > 1:
-        problems.append(f"inputs disagree on the batch size (dimension 0): {sorted(batches)}")
-    batch = batches.pop() if len(batches) == 1 else 1
-    if not problems and batch > max_batch_size:
-        problems.append(f"batch of {batch} rows is above this model's max_batch_size {max_batch_size}: "
-                        "split the request")
-    if problems:
-        raise ProtocolError("; ".join(problems))
-    return batch
-
-
-def retry_after_headers(retry_after_s: float | None) -> dict[str, str] | None:
-    """HTTP's Retry-After for a 503 that says when to come back (whole seconds, at least 1)."""
-    return {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
-
+# ---- the server's own description ----------------------------------------------------------------------------
 
 def server_metadata_json() -> dict[str, Any]:
     from inferforge.version import __version__

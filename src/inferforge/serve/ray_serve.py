@@ -5,18 +5,19 @@ Layout on the cluster (one Serve application per model, plus one for the server-
 - ``inferforge-<model>`` at route prefix ``/v2/models/<model>``: replicas of ``ModelReplica``. Each
   replica opens the package with ``ServedModel.open`` (the same loading, checksum verification,
   warm-up, dynamic batcher and input adapter as ``inferforge serve``) and answers the model's Open
-  Inference Protocol HTTP endpoints itself. Ray Serve's proxy routes a request straight to a replica
+  Inference Protocol HTTP endpoints itself, through the same route table as ``inferforge serve``
+  (``endpoints``, adapted in ``ray_http``). Ray Serve's proxy routes a request straight to a replica
   of the right model: no ingress deployment in between, so there is one hop, not two (the proxy hops
   of Ray Serve #46693).
 - ``inferforge`` at ``/v2``: the server metadata and health endpoints, and a 404 naming the served
   models for any other model path.
 
 Batching (``batching``): "inferforge" runs inferforge's batcher inside each replica (it counts samples,
-not requests, pads to the artifact's static batch sizes and bounds its queue with a 503); "ray" uses
-Ray Serve's ``@serve.batch`` instead, which counts calls (a client batch of 32 weighs the same as one
-of 1) and merges only requests of one shape. benchmarks/ray_scaling.py measures both; docs/scaling.md
-has the figures. ``max_ongoing_requests`` is set high enough that the proxy lets a replica's queue fill
-batches.
+not requests, pads to the artifact's static batch sizes and bounds its queue with a 503); "ray" lets
+Ray Serve's ``@serve.batch`` collect instead, which counts calls (a client batch of 32 weighs the same
+as one of 1); its batches are merged by shape and split back by the batcher's own functions.
+benchmarks/ray_scaling.py measures both; docs/scaling.md has the figures. ``max_ongoing_requests`` is
+set high enough that the proxy lets a replica's queue fill batches.
 
 Packages reach replicas from a shared path (every node sees the same folder) or through Ray's object
 store (the driver puts the package's bytes in once; each replica unpacks them into its own temporary
@@ -43,20 +44,12 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from inferforge.errors import InferforgeError, ProtocolError, one_line
+from inferforge.errors import InferforgeError
 from inferforge.serve.auth import Auth
-from inferforge.serve.batcher import shape_signature
+from inferforge.serve.batcher import BatchTiming, merge_rows, shape_signature, split_rows
+from inferforge.serve.endpoints import V2Endpoints
 from inferforge.serve.model import ModelOptions, ServedModel
-from inferforge.serve.protocol import (
-    HEADER_LENGTH,
-    InferResponse,
-    check_request,
-    decode_http_request,
-    encode_http_response,
-    parse_json_body,
-    retry_after_headers,
-    server_metadata_json,
-)
+from inferforge.serve.ray_http import REPLICA_ROUTES, SERVER_ROUTES, NoModels, OneModel, StarletteAdapter
 
 MODEL_APP_PREFIX = "inferforge-"
 SERVER_APP = "inferforge"
@@ -116,115 +109,84 @@ class ModelReplica:
         folder = _materialize(package)
         _verify_every_artifact(folder)
         self.name = name
-        self.auth = auth
         self.model = ServedModel.open(name, "1", folder, options)
         self.model.on_batch = self._on_batch
         self.ray_batching = batching == "ray"
-        if self.ray_batching:
-            if self.model.adapter is not None:
-                raise InferforgeError("Ray Serve's batching takes tensors only: this package has an input adapter; "
-                                      "use inferforge's batching")
-            self._ray_batch.set_max_batch_size(self.model.batching.max_batch_size)  # type: ignore[attr-defined]
+        if self.ray_batching and self.model.adapter is not None:
+            raise InferforgeError("Ray Serve's batching takes tensors only: this package has an input adapter; "
+                                  "use inferforge's batching")
         context = serve.get_replica_context()
         replica_id = getattr(context, "replica_id", None)
         self.replica = str(getattr(replica_id, "unique_id", None) or getattr(context, "replica_tag", "?"))
         self.metrics = _Metrics(name)
+        endpoints = V2Endpoints(OneModel(self.model), max_body_bytes=None, answered_by={"replica": self.replica})
+        self.http = StarletteAdapter(endpoints, auth, f"/v2/models/{name}", REPLICA_ROUTES,
+                                     f"not an endpoint of the Open Inference Protocol v2 (replica {self.replica})")
         self._started = False
 
     def _on_batch(self, model: ServedModel, timing: Any) -> None:
         self.metrics.batch(timing.rows)
 
     async def __call__(self, request: Any) -> Any:
-        if not self._started:  # the batcher's loop needs the replica's running event loop
-            self.model.start()
+        if not self._started:  # a batcher's loop needs the replica's running event loop
+            self.model.start(_RayServeBatcher(self.model) if self.ray_batching else None)
             self._started = True
         started = time.perf_counter()
-        status = 200
-        try:
-            response = await self._route(request)
-        except ProtocolError as exc:
-            status = exc.status
-            response = _error(exc.status, str(exc), exc.retry_after_s)
-        except Exception as exc:
-            status = 500
-            response = _error(500, f"internal error in replica {self.replica}: {one_line(exc)}")
-        self.metrics.request(status, time.perf_counter() - started)
+        response = await self.http(request)
+        self.metrics.request(response.status_code, time.perf_counter() - started)
         return response
 
+
+class _RayServeBatcher:
+    """Ray Serve's ``@serve.batch`` as the collector (``--ray-batching ray``, kept to compare against).
+
+    It counts calls, not samples (a client batch of 32 weighs the same as one of 1), so the calls it
+    gathered are grouped by ``shape_signature`` and each group merged and split with the batcher's own
+    ``merge_rows``/``split_rows``, on instance 0. No queue bound, no timeout: Ray's queue has neither.
+    """
+
+    queued_rows = 0  # Ray's queue is not ours to count
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+        self._collect.set_max_batch_size(model.batching.max_batch_size)  # type: ignore[attr-defined]
+
+    async def submit(self, inputs: dict[str, np.ndarray], rows: int,
+                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        result: dict[str, np.ndarray] = await self._collect(inputs)
+        return result
+
+    async def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Nothing to drain: Ray Serve stops the replica."""
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def _ray_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """Ray Serve's batching: the calls it gathered, merged where their shapes agree, on instance 0."""
+    async def _collect(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         groups: dict[Any, list[int]] = {}
         for i, inputs in enumerate(requests):
             groups.setdefault(shape_signature(inputs), []).append(i)
         answers: list[dict[str, np.ndarray]] = [{} for _ in requests]
         for members in groups.values():
-            merged = {k: np.concatenate([requests[i][k] for i in members]) for k in requests[members[0]]}
+            started = time.perf_counter()
+            rows_each = [len(next(iter(requests[i].values()))) for i in members]
+            merged, rows, padded = merge_rows([requests[i] for i in members], rows_each)
             outputs = await asyncio.wrap_future(self.model.instances[0].submit(merged))
-            self.metrics.batch(len(next(iter(merged.values()))))
-            start = 0
-            for i in members:
-                rows = len(next(iter(requests[i].values())))
-                answers[i] = {k: v[start:start + rows] for k, v in outputs.items()}
-                start += rows
+            self.model.record_batch(BatchTiming(rows, padded, len(members), (0.0,) * len(members),
+                                                time.perf_counter() - started, True))
+            for i, piece in zip(members, split_rows(outputs, rows_each), strict=True):
+                answers[i] = piece
         return answers
-
-    async def _route(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, Response
-
-        suffix = _suffix(request, self.name)
-        self.auth.check(request.headers.get("authorization"))
-        if request.method == "POST" and suffix == "/infer":
-            body = await request.body()
-            document, tail = parse_json_body(body, request.headers.get(HEADER_LENGTH))
-            infer_request = decode_http_request(document, tail)
-            if self.ray_batching:
-                check_request(infer_request.inputs, self.model.inputs, self.model.batching.max_batch_size)
-                outputs = await self._ray_batch(infer_request.inputs)
-                result = InferResponse(self.name, "1", outputs, infer_request.id)
-            else:
-                result = await self.model.infer(infer_request)
-            result.parameters = {"replica": self.replica}
-            payload, header_length = encode_http_response(infer_request, result)
-            if header_length is None:
-                return Response(payload, media_type="application/json")
-            return Response(payload, media_type="application/octet-stream",
-                            headers={HEADER_LENGTH: str(header_length)})
-        if request.method == "GET" and suffix == "":
-            return JSONResponse(self.model.metadata_json())
-        if request.method == "GET" and suffix == "/ready":
-            return JSONResponse({"name": self.name, "ready": True})
-        if request.method == "GET" and suffix == "/config":
-            return JSONResponse(self.model.config_json())
-        if request.method == "GET" and suffix == "/stats":  # this replica's figures only
-            return JSONResponse({"model_stats": [self.model.stats.to_json(self.name, "1")], "replica": self.replica})
-        raise ProtocolError(f"{request.method} {request.url.path} is not an endpoint of the Open Inference "
-                            "Protocol v2", 404)
 
 
 class ServerEndpoints:
     """``/v2``: server metadata and health; unknown models get a 404 that names the served ones."""
 
     def __init__(self, models: list[str], auth: Auth) -> None:
-        self.models = models
-        self.auth = auth
+        self.http = StarletteAdapter(V2Endpoints(NoModels(models), max_body_bytes=None), auth, "/v2",
+                                     SERVER_ROUTES, f"no such model or endpoint; this server serves "
+                                      f"{', '.join(models)}")
 
     async def __call__(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
-        path = request.url.path.rstrip("/")
-        try:
-            if path.endswith("/v2/health/live"):
-                return JSONResponse({"live": True})
-            if path.endswith("/v2/health/ready"):  # this app is deployed after every model app is running
-                return JSONResponse({"ready": True})
-            self.auth.check(request.headers.get("authorization"))
-            if path.endswith("/v2"):
-                return JSONResponse(server_metadata_json())
-            raise ProtocolError(f"{request.method} {request.url.path}: no such model or endpoint; this server "
-                                f"serves {', '.join(self.models)}", 404)
-        except ProtocolError as exc:
-            return _error(exc.status, str(exc), exc.retry_after_s)
+        return await self.http(request)
 
 
 class _Metrics:
@@ -378,20 +340,3 @@ def _verify_every_artifact(folder: Path) -> None:
 
     for entry in read_manifest(folder)["artifacts"]:
         verify_checksums(folder, entry)
-
-
-def _suffix(request: Any, name: str) -> str:
-    """The endpoint below ``/v2/models/<name>`` (or its ``/versions/<v>``), however the proxy passed the path."""
-    path = request.url.path.rstrip("/")
-    prefix = f"/v2/models/{name}"
-    if prefix in path:
-        path = path.split(prefix, 1)[1]
-    if path.startswith("/versions/"):
-        path = "/" + "/".join(path.split("/")[3:]) if path.count("/") > 2 else ""
-    return path
-
-
-def _error(status: int, message: str, retry_after_s: float | None = None) -> Any:
-    from starlette.responses import JSONResponse
-
-    return JSONResponse({"error": message}, status_code=status, headers=retry_after_headers(retry_after_s))

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from inferforge.serve.auth import Auth
+from inferforge.serve.endpoints import V2Endpoints
 from inferforge.serve.http import HttpFrontEnd
 from inferforge.serve.metrics import ServerMetrics
 from inferforge.serve.model import ModelOptions, ServedModel
@@ -73,6 +74,7 @@ class Server:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     ports: dict[str, int] = field(default_factory=dict)
     repository: ModelRepository = field(init=False)
+    endpoints: V2Endpoints = field(init=False)  # the one route table; HTTP adapts it, gRPC calls its operations
     http: HttpFrontEnd = field(init=False)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _grpc: Any = None
@@ -80,7 +82,8 @@ class Server:
 
     def __post_init__(self) -> None:
         self.repository = ModelRepository(self.config.root, self.config.models, self._on_state, self._on_model)
-        self.http = HttpFrontEnd(self.repository, self.config.auth, self.metrics, self.config.max_body_bytes)
+        self.endpoints = V2Endpoints(self.repository, self.metrics, self.repository, self.config.max_body_bytes)
+        self.http = HttpFrontEnd(self.endpoints, self.config.auth, self.config.max_body_bytes)
 
     def _on_state(self, state: VersionState) -> None:
         self.metrics.set_state(state.name, state.version, state.state)
@@ -101,15 +104,12 @@ class Server:
         if self.config.http_port is not None:
             self.ports["http"] = await self._site(self.http.app(), host, self.config.http_port)
         if self.config.metrics_port is not None:
-            metrics_app = web.Application()
-            metrics_app.add_routes([web.get("/metrics", self.http.prometheus)])
-            self.ports["metrics"] = await self._site(metrics_app, host, self.config.metrics_port)
+            self.ports["metrics"] = await self._site(self.http.metrics_app(), host, self.config.metrics_port)
         if self.config.grpc_port is not None:
             from inferforge.serve.grpc import build_grpc_server
 
-            self._grpc, self.ports["grpc"] = build_grpc_server(self.repository, self.config.auth, host,
-                                                               self.config.grpc_port, self.config.max_body_bytes,
-                                                               self.metrics)
+            self._grpc, self.ports["grpc"] = build_grpc_server(self.endpoints, self.config.auth, host,
+                                                               self.config.grpc_port, self.config.max_body_bytes)
             await self._grpc.start()
         if self.config.poll_seconds > 0:
             self._poller = asyncio.create_task(self._poll_forever())
@@ -135,7 +135,7 @@ class Server:
 
     async def stop(self) -> None:
         """Graceful: not ready, stop listening, finish in-flight requests, release models."""
-        self.http.draining = True
+        self.endpoints.draining = True
         if self._poller is not None:
             self._poller.cancel()
         if self._grpc is not None:
