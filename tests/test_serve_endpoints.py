@@ -42,9 +42,9 @@ def _ray_apps(server: BackgroundServer) -> dict[str, StarletteAdapter]:
     """The two Ray applications' adapters, over the server's own model (no cluster needed to route)."""
     model = server.server.repository.get(MODEL)
     auth = Auth(token=TOKEN, admin_token=ADMIN)
-    return {"replica": StarletteAdapter(V2Endpoints(OneModel(model), max_body_bytes=None), auth, f"/v2/models/{MODEL}",
+    return {"replica": StarletteAdapter(V2Endpoints(OneModel(model)), auth, f"/v2/models/{MODEL}",
                                         REPLICA_ROUTES, "not an endpoint"),
-            "server": StarletteAdapter(V2Endpoints(NoModels([MODEL]), max_body_bytes=None), auth, "/v2",
+            "server": StarletteAdapter(V2Endpoints(NoModels([MODEL])), auth, "/v2",
                                        SERVER_ROUTES, "no such model or endpoint")}
 
 

@@ -7,7 +7,7 @@ Routes (``[/versions/{v}]`` optional everywhere a model is named):
   POST /v2/repository/index, /v2/repository/models/{m}/load, .../unload   (admin token)
   GET  /metrics                                 Prometheus text
 
-Why one table: aiohttp (``http``) and Ray Serve (``ray_serve``) each only turn their request
+Why one table: aiohttp (``http``) and Ray Serve (``ray_http``) each only turn their request
 into a ``V2Request`` and a ``Reply`` into their response; which endpoints exist, who may call
 them (``Access``, enforced by each transport once, before the handler) and how an error is
 answered (``failure`` and ``error_reply``) are decided here. gRPC keeps its own messages but
@@ -150,7 +150,7 @@ class V2Endpoints:
     models: Models
     metrics: ServerMetrics | None = None
     repository: ModelRepository | None = None
-    max_body_bytes: int | None = 64 << 20
+    max_body_bytes: int | None = None  # the server's --max-body-mb; None: the transport's own limit only
     answered_by: Mapping[str, str] = field(default_factory=dict)
     draining: bool = False  # set at shutdown: readiness turns false so balancers stop sending
 
@@ -264,7 +264,8 @@ class V2Endpoints:
                      headers={HEADER_LENGTH: str(header_length)})
 
     async def prometheus(self, request: V2Request) -> Reply:
-        assert self.metrics is not None  # routed only when there are metrics
+        if self.metrics is None:  # routed only when there are metrics; a caller who asks anyway learns so
+            raise ProtocolError("this server keeps no Prometheus metrics", 404)
         return Reply(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
 
     async def repository_index(self, request: V2Request) -> Reply:

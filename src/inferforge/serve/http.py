@@ -28,7 +28,7 @@ AiohttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class HttpFrontEnd:
     endpoints: V2Endpoints
     auth: Auth
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int  # aiohttp's own limit on what it reads (ServerConfig holds the default)
     _routes: dict[web.AbstractRoute, Route] = field(default_factory=dict)
 
     def app(self, routes: Sequence[Route] | None = None) -> web.Application:

@@ -119,7 +119,7 @@ class ModelReplica:
         replica_id = getattr(context, "replica_id", None)
         self.replica = str(getattr(replica_id, "unique_id", None) or getattr(context, "replica_tag", "?"))
         self.metrics = _Metrics(name)
-        endpoints = V2Endpoints(OneModel(self.model), max_body_bytes=None, answered_by={"replica": self.replica})
+        endpoints = V2Endpoints(OneModel(self.model), answered_by={"replica": self.replica})
         self.http = StarletteAdapter(endpoints, auth, f"/v2/models/{name}", REPLICA_ROUTES,
                                      f"not an endpoint of the Open Inference Protocol v2 (replica {self.replica})")
         self._started = False
@@ -181,7 +181,7 @@ class ServerEndpoints:
     """``/v2``: server metadata and health; unknown models get a 404 that names the served ones."""
 
     def __init__(self, models: list[str], auth: Auth) -> None:
-        self.http = StarletteAdapter(V2Endpoints(NoModels(models), max_body_bytes=None), auth, "/v2",
+        self.http = StarletteAdapter(V2Endpoints(NoModels(models)), auth, "/v2",
                                      SERVER_ROUTES, f"no such model or endpoint; this server serves "
                                       f"{', '.join(models)}")
 

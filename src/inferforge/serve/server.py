@@ -82,7 +82,8 @@ class Server:
 
     def __post_init__(self) -> None:
         self.repository = ModelRepository(self.config.root, self.config.models, self._on_state, self._on_model)
-        self.endpoints = V2Endpoints(self.repository, self.metrics, self.repository, self.config.max_body_bytes)
+        self.endpoints = V2Endpoints(self.repository, metrics=self.metrics, repository=self.repository,
+                                     max_body_bytes=self.config.max_body_bytes)
         self.http = HttpFrontEnd(self.endpoints, self.config.auth, self.config.max_body_bytes)
 
     def _on_state(self, state: VersionState) -> None:
