@@ -45,7 +45,7 @@ from inferforge.bench import BenchSettings, interleave, one_call_ms, ratio_inter
 from inferforge.data import Dataset
 from inferforge.environment import cpu_model, usable_cores, version_of
 from inferforge.search import Objective, SearchOptions
-from inferforge.validate import AccuracyBudget, AccuracyReport, Task, collect_outputs, compare
+from inferforge.validate import AccuracyBudget, AccuracyReport, DecidingFigure, Task, collect_outputs, compare
 
 # Every row: all peers in turns, blocks of about 0.1 s, at least 12 rounds and 20 s (fewer rounds when a row's
 # peers are slow: bench.interleave stops at 3x the seconds).
@@ -263,9 +263,9 @@ def judge(run: Run, work: Workload, reference: dict[str, np.ndarray], spec: Any)
 
 
 def describe(report: AccuracyReport) -> str:
-    if report.decided_by == "accuracy drop":
+    if report.decided_by is DecidingFigure.ACCURACY_DROP:
         return f"accuracy {100 * (report.accuracy or 0):.2f}%"
-    if report.decided_by == "top-1 agreement":
+    if report.decided_by is DecidingFigure.TOP1_AGREEMENT:
         return f"top-1 agreement {100 * (report.top1_agreement or 0):.1f}%"
     return f"cosine {report.cosine:.4f}"
 

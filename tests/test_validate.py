@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 
 from inferforge.data import Dataset
 from inferforge.errors import SpecError
 from inferforge.types import ModelSpec, TensorSpec
-from inferforge.validate import AccuracyBudget, Task, compare
+from inferforge.validate import AccuracyBudget, AccuracyReport, DecidingFigure, Task, compare
 
 SPEC = ModelSpec((TensorSpec.parse("x:float32[B,4]"),), (TensorSpec.parse("logits:float32[B,3]"),))
 
@@ -20,7 +22,7 @@ REF = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 4.0], [2.0, 1.0, 0.
 
 def test_identical_outputs_pass_with_perfect_figures() -> None:
     report = compare({"logits": REF}, {"logits": REF.copy()}, SPEC, _dataset(None), Task.GENERIC, AccuracyBudget())
-    assert report.passed and report.decided_by == "cosine similarity"
+    assert report.passed and report.decided_by is DecidingFigure.COSINE
     out = report.outputs[0]
     assert out.max_abs == 0 and out.cosine_min == pytest.approx(1.0, abs=1e-12)
 
@@ -31,7 +33,7 @@ def test_accuracy_drop_decides_when_labels_exist() -> None:
     flipped[3] = [0.0, 5.0, 0.0]  # the last sample now predicts class 1: accuracy 100% -> 75%
     report = compare({"logits": REF}, {"logits": flipped}, SPEC, _dataset(labels), Task.AUTO,
                      AccuracyBudget(max_accuracy_drop=0.10))
-    assert report.decided_by == "accuracy drop"
+    assert report.decided_by is DecidingFigure.ACCURACY_DROP
     assert report.reference_accuracy == 1.0 and report.accuracy == 0.75
     assert not report.passed
     assert "accuracy drop 25.00 points > budget 10.00" in report.violations[0]
@@ -43,7 +45,7 @@ def test_top1_agreement_decides_for_a_classifier_without_labels() -> None:
     flipped[0] = [0.0, 9.0, 0.0]
     report = compare({"logits": REF}, {"logits": flipped}, SPEC, _dataset(None), Task.CLASSIFY,
                      AccuracyBudget(min_top1_agreement=0.9))
-    assert report.decided_by == "top-1 agreement" and report.top1_agreement == 0.75
+    assert report.decided_by is DecidingFigure.TOP1_AGREEMENT and report.top1_agreement == 0.75
     assert "top-1 agreement 0.7500 < budget 0.9" in report.violations[0]
 
 
@@ -71,7 +73,7 @@ def test_all_zero_outputs_agree() -> None:
 
 
 @pytest.mark.parametrize("field, value, shown", [
-    ("min_cosine", 0.0, "(0, 1]"), ("min_cosine", 1.5, "(0, 1]"), ("min_cosine", float("nan"), "(0, 1]"),
+    ("min_cosine", 0.0, "(0, 1]"), ("min_cosine", 1.01, "(0, 1]"), ("min_cosine", 1.5, "(0, 1]"), ("min_cosine", float("nan"), "(0, 1]"),
     ("min_top1_agreement", -0.1, "[0, 1]"), ("min_top1_agreement", 99, "[0, 1]"),
     ("max_accuracy_drop", 1.01, "[0, 1]"), ("max_accuracy_drop", -0.01, "[0, 1]"),
 ])
@@ -87,6 +89,48 @@ def test_budget_edges_inside_the_range_are_accepted() -> None:
     with pytest.raises(SpecError, match="must be a number"):
         AccuracyBudget(min_cosine="0.99")  # type: ignore[arg-type]
 
+
+
+def test_each_deciding_figure_is_bounded_by_its_own_budget_field_from_its_own_side() -> None:
+    assert sorted(f.threshold_field for f in DecidingFigure) == sorted(f.name for f in fields(AccuracyBudget))
+    budget = AccuracyBudget(max_accuracy_drop=0.02, min_cosine=0.9, min_top1_agreement=0.8)
+    drop, cosine, top1 = DecidingFigure.ACCURACY_DROP, DecidingFigure.COSINE, DecidingFigure.TOP1_AGREEMENT
+    assert (drop.threshold(budget), cosine.threshold(budget), top1.threshold(budget)) == (0.02, 0.9, 0.8)
+    assert not drop.misses(0.02, budget) and drop.misses(0.0201, budget) and not drop.misses(-0.01, budget)
+    assert not cosine.misses(0.9, budget) and cosine.misses(0.8999, budget) and not cosine.misses(1.0, budget)
+    assert not top1.misses(0.8, budget) and top1.misses(0.79, budget)
+    assert not cosine.misses(float("nan"), budget)  # NaN outputs are a violation of their own
+    assert drop.score_bar(budget, 0.97) == pytest.approx(0.95) and drop.score_bar(budget) is None
+    assert cosine.score_bar(budget) == 0.9 and top1.score_bar(budget, 0.97) == 0.8
+
+
+def test_the_budget_sentence_names_every_bound() -> None:
+    assert AccuracyBudget(max_accuracy_drop=0.005, min_cosine=0.995, min_top1_agreement=0.9).describe() == \
+        "max accuracy drop 0.50 points, min cosine 0.995, min top-1 agreement 0.9"
+
+
+STRICT = {"max_accuracy_drop": 0.0, "min_cosine": 1.0, "min_top1_agreement": 1.0}
+LOOSE = {"max_accuracy_drop": 1.0, "min_cosine": 1e-6, "min_top1_agreement": 0.0}
+
+
+@pytest.mark.parametrize("labels, task, figure", [
+    (np.array([0, 1, 2, 0]), Task.AUTO, DecidingFigure.ACCURACY_DROP),
+    (None, Task.CLASSIFY, DecidingFigure.TOP1_AGREEMENT),
+    (None, Task.GENERIC, DecidingFigure.COSINE),
+    (None, Task.EMBED, DecidingFigure.COSINE),
+])
+def test_compare_judges_on_the_deciding_figures_field_alone(labels: np.ndarray | None, task: Task,
+                                                             figure: DecidingFigure) -> None:
+    worse = REF.copy()
+    worse[0] = [0.0, 3.0, 1.0]  # one sample's class changes and its cosine drops to 0.3
+    own = figure.threshold_field
+
+    def judged(budget: dict[str, float]) -> AccuracyReport:
+        return compare({"logits": REF}, {"logits": worse}, SPEC, _dataset(labels), task, AccuracyBudget(**budget))
+
+    strict_own = judged({**LOOSE, own: STRICT[own]})
+    assert strict_own.decided_by is figure and not strict_own.passed
+    assert judged({**STRICT, own: LOOSE[own]}).passed
 
 TINY = np.random.default_rng(0).normal(0, 1.0, REF.shape) * 3e-9  # what random tiny weights give
 

@@ -52,6 +52,10 @@ class AccuracyBudget:
             raise SpecError("accuracy budget: " + "; ".join(p for p in problems if p)
                             + " (each is a fraction: 0.99, not 99; a 1% drop is 0.01)")
 
+    def describe(self) -> str:
+        """Every bound in one sentence, as the Markdown and HTML reports print it."""
+        return ", ".join(figure.bound(self) for figure in DecidingFigure)
+
 
 def _range_problem(name: str, value: object, low: float, high: float, low_included: bool) -> str:
     """'' when ``value`` lies in the range, else what came and the range expected."""
@@ -61,6 +65,68 @@ def _range_problem(name: str, value: object, low: float, high: float, low_includ
     number = float(value)
     inside = (low <= number if low_included else low < number) and number <= high  # NaN is never inside
     return "" if inside else f"{name} must be in {shown}, got {value!r}"
+
+
+class DecidingFigure(StrEnum):
+    """The figure a candidate is judged on: its value is the name reports print and JSON carries; each one
+    knows which AccuracyBudget field bounds it and from which side, so no module matches the name as a string.
+    ``compare`` picks the figure from the task and the data (see the module docstring)."""
+
+    ACCURACY_DROP = "accuracy drop"  # labels given: reference accuracy minus the candidate's, in fractions
+    COSINE = "cosine similarity"  # mean cosine per sample, each output on its own
+    TOP1_AGREEMENT = "top-1 agreement"  # a classifier without labels: share of samples whose top class matches
+
+    @property
+    def threshold_field(self) -> str:
+        """The AccuracyBudget field that bounds this figure."""
+        return _RULES[self].threshold_field
+
+    @property
+    def at_most(self) -> bool:
+        """True: the figure must stay at or below its threshold (a drop); False: at or above it."""
+        return _RULES[self].at_most
+
+    @property
+    def score_name(self) -> str:
+        """What ``AccuracyReport.score`` holds when this figure decides (higher is better)."""
+        return _RULES[self].score_name
+
+    def threshold(self, budget: AccuracyBudget) -> float:
+        return float(getattr(budget, self.threshold_field))
+
+    def misses(self, value: float, budget: AccuracyBudget) -> bool:
+        """Whether ``value`` of this figure lies beyond the budget's bound. A NaN figure does not: NaN and Inf
+        outputs are a violation of their own, counted by ``compare``."""
+        bound = self.threshold(budget)
+        return bool(value > bound) if self.at_most else bool(value < bound)
+
+    def bound(self, budget: AccuracyBudget) -> str:
+        """The budget's clause for this figure: 'max accuracy drop 1.00 points', 'min cosine 0.99'."""
+        value = getattr(budget, self.threshold_field)
+        shown = f"{value * 100:.2f} points" if self is DecidingFigure.ACCURACY_DROP else f"{value}"
+        return f"{'max' if self.at_most else 'min'} {_RULES[self].bound_name} {shown}"
+
+    def score_bar(self, budget: AccuracyBudget, reference_accuracy: float | None = None) -> float | None:
+        """Where the budget puts the bar on the ``score`` axis: the drop is measured from the reference's
+        accuracy, so without it there is no bar."""
+        if self is DecidingFigure.ACCURACY_DROP:
+            return None if reference_accuracy is None else reference_accuracy - self.threshold(budget)
+        return self.threshold(budget)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    threshold_field: str
+    at_most: bool
+    score_name: str
+    bound_name: str
+
+
+_RULES = {
+    DecidingFigure.ACCURACY_DROP: _Rule("max_accuracy_drop", True, "accuracy", "accuracy drop"),
+    DecidingFigure.COSINE: _Rule("min_cosine", False, "mean cosine", "cosine"),
+    DecidingFigure.TOP1_AGREEMENT: _Rule("min_top1_agreement", False, "top-1 agreement", "top-1 agreement"),
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +148,7 @@ class AccuracyReport:
     samples: int
     data_origin: str
     outputs: tuple[OutputAgreement, ...]
-    decided_by: str  # which figure the budget was checked on
+    decided_by: DecidingFigure
     accuracy: float | None = None
     reference_accuracy: float | None = None
     violations: tuple[str, ...] = ()
@@ -108,9 +174,9 @@ class AccuracyReport:
     @property
     def score(self) -> float:
         """The figure the budget was decided on, higher is better: to compare variants of one candidate."""
-        if self.decided_by == "accuracy drop" and self.accuracy is not None:
+        if self.decided_by is DecidingFigure.ACCURACY_DROP and self.accuracy is not None:
             return self.accuracy
-        if self.decided_by == "top-1 agreement" and self.top1_agreement is not None:
+        if self.decided_by is DecidingFigure.TOP1_AGREEMENT and self.top1_agreement is not None:
             return self.top1_agreement
         return self.cosine
 
@@ -171,22 +237,22 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
     if task is Task.CLASSIFY and dataset.labels is not None and outputs:
         reference_accuracy = _accuracy(reference[first], dataset.labels)
         accuracy = _accuracy(candidate[first], dataset.labels)
-        decided_by = "accuracy drop"
+        decided_by = DecidingFigure.ACCURACY_DROP
         drop = reference_accuracy - accuracy
-        if drop > budget.max_accuracy_drop:
+        if decided_by.misses(drop, budget):
             violations.append(vanished.get(first) or
                               f"accuracy drop {drop * 100:.2f} points > budget {budget.max_accuracy_drop * 100:.2f} "
                               f"({accuracy * 100:.2f}% vs {reference_accuracy * 100:.2f}%)")
     elif task is Task.CLASSIFY and outputs:
-        decided_by = "top-1 agreement"
+        decided_by = DecidingFigure.TOP1_AGREEMENT
         agreement = outputs[0].top1_agreement or 0.0
-        if agreement < budget.min_top1_agreement:
+        if decided_by.misses(agreement, budget):
             violations.append(vanished.get(first) or f"top-1 agreement {_below(agreement, budget.min_top1_agreement)} "
                               f"< budget {budget.min_top1_agreement}")
     else:
-        decided_by = "cosine similarity"
+        decided_by = DecidingFigure.COSINE
         for o in outputs:
-            if o.cosine_mean < budget.min_cosine:
+            if decided_by.misses(o.cosine_mean, budget):
                 violations.append(vanished.get(o.name) or f"output {o.name}: mean cosine "
                                   f"{_below(o.cosine_mean, budget.min_cosine)} < budget {budget.min_cosine}")
     return AccuracyReport(len(dataset), dataset.origin, tuple(outputs), decided_by, accuracy, reference_accuracy,
