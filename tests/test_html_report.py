@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 from conftest import FP32_EXACT, fast_options
 
-from inferforge.html_report import bench_report_html, optimize_report_html, write_html
+from inferforge.report.html_bench import bench_report_html
+from inferforge.report.html_optimize import optimize_report_html
+from inferforge.report.html_page import write_html
 
 CHART = re.compile(r'<figure class="chart" id="([^"]+)"><svg\b')
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -80,6 +83,48 @@ def test_optimize_page_has_every_candidate_reason_and_four_charts(optimize_repor
     assert f'class="passed picked"><td class="num">1</td><td>{optimize_report["picked"]}<' in page
     assert_self_contained(page)
 
+
+
+REF = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 4.0], [2.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("labels, task", [(np.array([0, 1, 2, 0]), "auto"), (None, "classify"), (None, "generic")])
+def test_each_deciding_figure_renders_the_same_in_markdown_terminal_and_html(labels: np.ndarray | None,
+                                                                            task: str) -> None:
+    """The terminal and Markdown read the search's objects, the HTML page its JSON report: one cell and one
+    budget sentence for all three."""
+    from inferforge.backends.base import BuildConfig
+    from inferforge.data import Dataset
+    from inferforge.options import SearchOptions
+    from inferforge.report import (
+        accuracy_cell,
+        columns,
+        leaderboard_rows,
+        markdown_leaderboard,
+        report_json,
+        report_markdown,
+    )
+    from inferforge.search import CandidateResult, SearchResult, Status
+    from inferforge.types import ModelSpec, TensorSpec
+    from inferforge.validate import AccuracyBudget, Task, compare
+
+    spec = ModelSpec((TensorSpec.parse("x:float32[B,4]"),), (TensorSpec.parse("logits:float32[B,3]"),))
+    dataset = Dataset({"x": np.zeros((4, 4), np.float32)}, labels, "test")
+    worse = REF.copy()
+    worse[0] = [0.0, 3.0, 1.0]
+    budget = AccuracyBudget(max_accuracy_drop=0.3, min_cosine=0.5, min_top1_agreement=0.7)
+    accuracy = compare({"logits": REF}, {"logits": worse}, spec, dataset, Task(task), budget)
+    result = SearchResult([CandidateResult(BuildConfig("eager"), Status.PASSED, accuracy=accuracy)],
+                          SearchOptions(budget=budget, task=Task(task)), "eager-fp32")
+    cell = accuracy_cell(accuracy.to_json())
+    assert cell.startswith({"accuracy drop": "acc 75.00%", "top-1 agreement": "top1 agree 0.7500",
+                            "cosine similarity": "cos 0.825"}[accuracy.decided_by.value])
+    assert leaderboard_rows(result)[0][columns(result).index("accuracy")] == cell  # what rich_leaderboard draws
+    assert f"| {cell} |" in markdown_leaderboard(result)
+    page = optimize_report_html(json.loads(json.dumps(report_json(result, dataset, "m"), default=str)))  # as saved
+    assert f"<td>{escape(cell)}</td>" in page
+    assert f"- budget: {budget.describe()}" in report_markdown(result, dataset, "m")
+    assert f"<dt>budget</dt><dd>{escape(budget.describe())}</dd>" in page
 
 def test_bench_page_has_scenarios_and_charts() -> None:
     page = bench_report_html(synthetic_bench())

@@ -119,7 +119,8 @@ def optimize_command(args: argparse.Namespace) -> int:
 
 def bench_command(args: argparse.Namespace) -> int:
     """``inferforge bench``: LoadGen's four scenarios, bench.json and a self-contained report.html."""
-    from inferforge.html_report import bench_report_html, write_html
+    from inferforge.report.html_bench import bench_report_html
+    from inferforge.report.html_page import write_html
     from inferforge.serve.loadgen import LoadgenSettings, bench
 
     for flag in ("duration", "latency_bound", "search_steps", "samples_per_query", "max_batch_size", "concurrency"):

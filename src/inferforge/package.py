@@ -163,7 +163,7 @@ def _write_serve_files(staging: Path, adapter: AdapterSpec) -> dict[str, Any]:
 def _write_html_report(path: Path, report_json: Mapping[str, Any]) -> None:
     """The run's charts and leaderboard as one self-contained page; a package is still written without it."""
     try:
-        from inferforge.html_report import optimize_report_html
+        from inferforge.report.html_optimize import optimize_report_html
 
         path.write_text(optimize_report_html(dict(report_json)))
     except Exception as exc:  # e.g. matplotlib missing: the JSON and Markdown reports carry the same figures
