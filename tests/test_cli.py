@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from inferforge.cli import build_parser, main
+from inferforge.cli import COMMANDS, build_parser, main
 
 TESTS = Path(__file__).parent
 
@@ -82,7 +85,7 @@ def nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     def search(*args: object, **kwargs: object) -> None:
         raise AssertionError("the search started")
 
-    monkeypatch.setattr("inferforge.commands.run_optimize", search)
+    monkeypatch.setattr("inferforge.cli.optimize.run_optimize", search)
     monkeypatch.chdir(TESTS)
 
 
@@ -118,17 +121,132 @@ def test_batch_sizes_below_1_are_refused(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_defaults_come_from_the_dataclasses_that_own_them() -> None:
-    from inferforge.bench import BenchSettings
-    from inferforge.commands import options_from_args
-    from inferforge.options import SearchOptions
-    from inferforge.validate import AccuracyBudget
+    from inferforge.cli.optimize import options_from_args
+    from inferforge.options import GPU_THROUGHPUT_BATCH_SIZES, SearchOptions
 
-    options = options_from_args(build_parser().parse_args(["optimize", "models.py:make_mlp"]))
-    assert options.budget == AccuracyBudget() and options.bench == BenchSettings()
-    assert options.calibration_samples == SearchOptions().calibration_samples
+    assert options_from_args(build_parser().parse_args(["optimize", "models.py:make_mlp"])) == SearchOptions()
     given = options_from_args(build_parser().parse_args(["optimize", "m.py:f", "--min-cosine", "0.5", "--threads",
                                                          "3", "--batch-sizes", "2,4"]))
     assert (given.budget.min_cosine, given.threads, given.bench.batch_sizes) == (0.5, 3, (2, 4))
+    gpu = options_from_args(build_parser().parse_args(["optimize", "m.py:f", "--target", "cuda", "--objective",
+                                                       "throughput"]))
+    assert gpu.bench.batch_sizes == GPU_THROUGHPUT_BATCH_SIZES
+
+
+def _command_parser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser(name)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
+def _has_default(action: argparse.Action) -> bool:
+    default = action.default
+    return not (default is None or default is False or default is argparse.SUPPRESS or default in ([], ()))
+
+
+def _owned_defaults(root: Path) -> dict[tuple[str, str], object]:
+    """(command, option) -> the default its owner declares, read here apart from the CLI's own reading."""
+    from inferforge.api import optimize
+    from inferforge.compare import compare_models
+    from inferforge.options import SearchOptions
+    from inferforge.profile import profile_package
+    from inferforge.serve.loadgen import LoadgenSettings
+    from inferforge.serve.model import ModelOptions
+    from inferforge.serve.server import ServerConfig
+    from inferforge.validate import AccuracyBudget
+
+    def signature(function: Any, name: str) -> object:
+        return inspect.signature(function).parameters[name].default
+
+    search, budget, loadgen, server = SearchOptions(), AccuracyBudget(), LoadgenSettings(), ServerConfig(root)
+    return {
+        ("optimize", "task"): search.task, ("optimize", "objective"): search.objective,
+        ("optimize", "max_accuracy_drop"): budget.max_accuracy_drop, ("optimize", "min_cosine"): budget.min_cosine,
+        ("optimize", "min_top1_agreement"): budget.min_top1_agreement, ("optimize", "threads"): search.threads,
+        ("optimize", "fallbacks"): signature(optimize, "fallbacks"), ("optimize", "cache_dir"): search.cache_dir,
+        ("optimize", "target"): search.device, ("optimize", "calibration_samples"): search.calibration_samples,
+        ("serve", "host"): server.host, ("serve", "http_port"): server.http_port,
+        ("serve", "grpc_port"): server.grpc_port, ("serve", "metrics_port"): server.metrics_port,
+        ("serve", "poll_seconds"): server.poll_seconds, ("serve", "max_body_mb"): server.max_body_bytes / 2**20,
+        ("serve", "request_timeout"): ModelOptions().request_timeout_s,
+        ("bench", "scenarios"): loadgen.scenarios, ("bench", "duration"): loadgen.duration_s,
+        ("bench", "latency_bound"): loadgen.latency_bound_ms, ("bench", "search_steps"): loadgen.search_steps,
+        ("bench", "samples_per_query"): loadgen.samples_per_query, ("bench", "max_batch_size"): loadgen.max_batch,
+        ("bench", "concurrency"): loadgen.concurrency,
+        ("compare", "samples"): signature(compare_models, "samples"),
+        ("compare", "rtol"): signature(compare_models, "rtol"),
+        ("profile", "batch_size"): signature(profile_package, "batch_size"),
+        ("profile", "runs"): signature(profile_package, "runs"),
+    }
+
+
+CLI_OWN = {("serve", "log_level"), ("demo", "out")}  # settings of the command line itself
+
+
+def test_every_default_on_the_command_line_is_its_owners(tmp_path: Path) -> None:
+    """A flag with a default must read it from the dataclass or signature that owns it: a number written in the
+    CLI shows up here as a default nobody owns, or as one that no longer matches its owner."""
+    actions = [(name, action) for name in COMMANDS for action in _command_parser(name)._actions
+               if _has_default(action)]
+    seen = {(name, action.dest): action.default for name, action in actions}
+    assert not [(name, action.dest) for name, action in actions if not action.help]  # else --help hides it
+    owned = {key: value for key, value in _owned_defaults(tmp_path).items() if value is not None}  # e.g. cache off
+    assert set(seen) - CLI_OWN == set(owned)
+    assert {key: seen[key] for key in owned} == owned
+
+
+def test_help_shows_the_defaults_and_the_enums_choices(capsys: pytest.CaptureFixture) -> None:
+    from inferforge.options import Objective
+    from inferforge.types import Precision
+    from inferforge.validate import AccuracyBudget, Task
+
+    with pytest.raises(SystemExit):
+        main(["optimize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    budget = AccuracyBudget()
+    for shown in (budget.min_cosine, budget.min_top1_agreement, budget.max_accuracy_drop):
+        assert f"(default: {shown})" in text
+    assert "{" + ",".join(Task) + "}" in text and "{" + ",".join(Objective) + "}" in text
+    assert ",".join(Precision) in text
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "(default: SingleStream,MultiStream,Server,Offline)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_serve_and_bench_options_left_out_are_their_owners_defaults(tmp_path: Path) -> None:
+    from inferforge.cli.measure import loadgen_settings
+    from inferforge.cli.serve import config_from_args
+    from inferforge.serve.loadgen import LoadgenSettings
+    from inferforge.serve.model import ModelOptions
+    from inferforge.serve.server import ServerConfig
+
+    assert loadgen_settings(build_parser().parse_args(["bench", "pkg"])) == LoadgenSettings()
+    config, expected = config_from_args(build_parser().parse_args(["serve", str(tmp_path)])), ServerConfig(tmp_path)
+    assert (config.host, config.http_port, config.grpc_port, config.metrics_port, config.poll_seconds,
+            config.max_body_bytes) == (expected.host, expected.http_port, expected.grpc_port, expected.metrics_port,
+                                       expected.poll_seconds, expected.max_body_bytes)
+    assert config.models == ModelOptions()
+
+
+def test_ray_options_left_out_are_ray_serves_defaults(tmp_path: Path) -> None:
+    pytest.importorskip("ray.serve")
+    from inferforge.cli.serve import config_from_args, ray_config_from_args
+    from inferforge.serve.ray_serve import RayScaling, RayServeConfig
+
+    args = build_parser().parse_args(["serve", str(tmp_path), "--ray", "--replicas", "3"])
+    ray = ray_config_from_args(args, config_from_args(args))
+    assert ray.scaling == RayScaling(replicas=3)
+    default = RayServeConfig(packages={})
+    assert (ray.transfer, ray.batching, ray.address) == (default.transfer, default.batching, default.address)
+
+
+def test_a_command_imports_only_what_it_runs() -> None:
+    """main fills in the options of the command it runs alone: `info` never imports the server to show serve's
+    defaults."""
+    code = ("import sys; from inferforge.cli import main; main(['info', 'no-such-package']); "
+            "print('aiohttp' in sys.modules, 'inferforge.serve.server' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=TESTS)
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
 
 
 def test_a_file_in_the_way_of_out_is_refused_even_with_overwrite(tmp_path: Path, nothing_runs: None,

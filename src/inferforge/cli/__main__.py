@@ -1,0 +1,7 @@
+"""``python -m inferforge.cli``: the same as the ``inferforge`` console script."""
+
+import sys
+
+from inferforge.cli.dispatch import main
+
+sys.exit(main())
