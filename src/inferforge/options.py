@@ -21,8 +21,8 @@ class Objective(StrEnum):
 # Where a search can run its candidates ("cuda" also keeps CPU fallbacks, see cpu_fallback).
 DEVICES = ("cpu", "cuda")
 
-# A throughput search on a GPU: the large batches where fused kernels and CUDA graphs pay off (on the H200,
-# ResNet-50 gains 2-6% from 256 to 1024); the CUDA-graph buckets go up to 1024.
+# A throughput search on a GPU: the large batches where fused kernels and CUDA graphs pay off (the gain from
+# 256 to 1024 is measured in docs/benchmarks.md); the CUDA-graph buckets go up to 1024.
 GPU_THROUGHPUT_BATCH_SIZES = (1, 64, 256, 512, 1024)
 
 
