@@ -1,4 +1,4 @@
-"""Calibration data: the one set of samples every INT8 path reads.
+"""Calibration data: the one set of samples every INT8 and FP8 path reads.
 
 Static INT8 picks each tensor's scale from the values it sees here, so these samples must
 look like production inputs. They come from the user (a folder of images preprocessed by an
@@ -20,7 +20,7 @@ from inferforge.types import ModelSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 WHAT = "calibration data"  # how every message names these samples, never "validation data"
-NOT_REPRESENTATIVE = ("calibrating INT8 on inputs generated from the spec: they are not representative, so "
+NOT_REPRESENTATIVE = ("calibrating INT8/FP8 on inputs generated from the spec: they are not representative, so "
                       "INT8 accuracy may be poor or misjudged. Pass --calibration (images, .npy/.npz or a "
                       "dataset factory) or --data with real samples.")
 

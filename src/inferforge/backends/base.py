@@ -91,11 +91,10 @@ class BuildConfig:
     options: BackendOptions = NoOptions()  # the backend's own frozen dataclass
 
     def __post_init__(self) -> None:
-        if not dataclasses.is_dataclass(self.options):
-            raise SpecError(f"{self.backend}: options must be the backend's options dataclass, not "
+        if not isinstance(self.options, BackendOptions):
+            raise SpecError(f"{self.backend}: options must be the backend's BackendOptions dataclass, not "
                             f"{type(self.options).__name__}")
-        # every registered backend's options are BackendOptions (tests/test_backend_contract.py checks it)
-        problems = self.options.precision_problems(self.precision) if isinstance(self.options, BackendOptions) else []
+        problems = self.options.precision_problems(self.precision)
         if problems:
             raise SpecError(f"{self.backend} {self.precision.value}: " + "; ".join(problems))
 

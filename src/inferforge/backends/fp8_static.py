@@ -57,13 +57,14 @@ from inferforge.backends.base import (
     one_of,
 )
 from inferforge.backends.cuda_graphs import BUCKETS
-from inferforge.backends.inductor import InductorOptions, compile_module, graphed_runner
+from inferforge.backends.inductor import (
+    InductorOptions,
+    graphed_program_runner,
+)
 from inferforge.backends.torch_common import (
     TorchBackend,
     compute_dtype,
     device_requirement,
-    load_program,
-    set_torch_threads,
     tf32_mode,
 )
 from inferforge.data import Dataset
@@ -170,10 +171,8 @@ class Fp8StaticBackend(TorchBackend):
             "note": "CUDA graphs: each batch bucket is captured at its first use"})
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
-        set_torch_threads(threads)
-        module = load_program(artifact.directory / PROGRAM, "cuda")
         mode = Fp8StaticOptions.of(artifact.config).compile_mode
-        return graphed_runner(spec, artifact, compile_module(module, InductorOptions(mode=mode), "cuda"))
+        return graphed_program_runner(artifact, spec, threads, InductorOptions(mode=mode))
 
 
 def fitting_linears(module: Any) -> list[str]:

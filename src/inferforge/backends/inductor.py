@@ -35,6 +35,7 @@ from inferforge.backends.torch_common import (
     TorchRunner,
     device_requirement,
     load_placed,
+    load_program,
     set_torch_threads,
 )
 from inferforge.data import Dataset, generate_inputs
@@ -147,6 +148,15 @@ def graphed_runner(spec: ModelSpec, artifact: Artifact, compiled: Any) -> Runner
     runner = TorchRunner(spec, artifact, GraphedBuckets(compiled))
     runner.run_native(runner.to_native(generate_inputs(spec, 1)))
     return runner
+
+
+def graphed_program_runner(artifact: Artifact, spec: ModelSpec, threads: int,
+                           options: InductorOptions | None = None) -> Runner:
+    """An artifact's saved CUDA program compiled with Inductor (``options``, default mode when None) and replayed
+    as CUDA graphs per batch bucket: how the quantized GPU candidates (torchao, fp8-static) load."""
+    set_torch_threads(threads)
+    module = load_program(artifact.directory / PROGRAM, "cuda")
+    return graphed_runner(spec, artifact, compile_module(module, options or InductorOptions(), "cuda"))
 
 
 def _clear_cache_recording() -> None:

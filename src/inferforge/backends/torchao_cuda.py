@@ -49,12 +49,12 @@ from inferforge.backends.base import (
     artifact_from_dir,
 )
 from inferforge.backends.cuda_graphs import BUCKETS
-from inferforge.backends.inductor import InductorOptions, compile_module, graphed_runner
+from inferforge.backends.inductor import (
+    graphed_program_runner,
+)
 from inferforge.backends.torch_common import (
     TorchBackend,
     device_requirement,
-    load_program,
-    set_torch_threads,
 )
 from inferforge.data import Dataset
 from inferforge.environment import torch_requirement
@@ -131,9 +131,7 @@ class TorchaoCudaBackend(TorchBackend):
             "quantized_linear_layers": linears, "static_batch_sizes": list(BUCKETS)})
 
     def load(self, artifact: Artifact, spec: ModelSpec, threads: int) -> Runner:
-        set_torch_threads(threads)
-        module = load_program(artifact.directory / PROGRAM, "cuda")
-        return graphed_runner(spec, artifact, compile_module(module, InductorOptions(), "cuda"))
+        return graphed_program_runner(artifact, spec, threads)
 
 
 def _torchao_config(scheme: str) -> Any:
