@@ -106,7 +106,7 @@ def test_each_deciding_figure_renders_the_same_in_markdown_terminal_and_html(lab
     )
     from inferforge.search import CandidateResult, SearchResult, Status
     from inferforge.types import ModelSpec, TensorSpec
-    from inferforge.validate import AccuracyBudget, Task, compare
+    from inferforge.validate import AccuracyBudget, DecidingFigure, Task, compare
 
     spec = ModelSpec((TensorSpec.parse("x:float32[B,4]"),), (TensorSpec.parse("logits:float32[B,3]"),))
     dataset = Dataset({"x": np.zeros((4, 4), np.float32)}, labels, "test")
@@ -117,8 +117,8 @@ def test_each_deciding_figure_renders_the_same_in_markdown_terminal_and_html(lab
     result = SearchResult([CandidateResult(BuildConfig("eager"), Status.PASSED, accuracy=accuracy)],
                           SearchOptions(budget=budget, task=Task(task)), "eager-fp32")
     cell = accuracy_cell(accuracy.to_json())
-    assert cell.startswith({"accuracy drop": "acc 75.00%", "top-1 agreement": "top1 agree 0.7500",
-                            "cosine similarity": "cos 0.825"}[accuracy.decided_by.value])
+    assert cell.startswith({DecidingFigure.ACCURACY_DROP: "acc 75.00%", DecidingFigure.TOP1_AGREEMENT:
+                            "top1 agree 0.7500", DecidingFigure.COSINE: "cos 0.825"}[accuracy.decided_by])
     assert leaderboard_rows(result)[0][columns(result).index("accuracy")] == cell  # what rich_leaderboard draws
     assert f"| {cell} |" in markdown_leaderboard(result)
     page = optimize_report_html(json.loads(json.dumps(report_json(result, dataset, "m"), default=str)))  # as saved
