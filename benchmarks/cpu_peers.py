@@ -44,7 +44,7 @@ import inferforge
 from inferforge.bench import BenchSettings, interleave, one_call_ms, ratio_interval
 from inferforge.data import Dataset
 from inferforge.environment import cpu_model, usable_cores, version_of
-from inferforge.search import Objective, SearchOptions
+from inferforge.options import Objective, SearchOptions
 from inferforge.validate import AccuracyBudget, AccuracyReport, DecidingFigure, Task, collect_outputs, compare
 
 # Every row: all peers in turns, blocks of about 0.1 s, at least 12 rounds and 20 s (fewer rounds when a row's

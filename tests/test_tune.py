@@ -11,7 +11,7 @@ from conftest import fast_options
 
 import inferforge
 from inferforge.manifest import MANIFEST, tuned_threads
-from inferforge.tune import TuningSettings, thread_counts, tune
+from inferforge.tune import TuningSettings, thread_counts, threads_from_rounds, tune
 
 
 def test_thread_counts_cover_powers_of_two_and_every_core() -> None:
@@ -73,3 +73,14 @@ def test_tuning_leaves_the_callers_torch_threads_as_they_were() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_tie_at_batch_1_keeps_the_most_threads_and_a_real_gain_keeps_fewer() -> None:
+    base = np.ones(20)
+    wobble = np.tile([0.98, 1.03], 10)  # round-to-round noise of +-3%: no gap can be told from none
+    assert threads_from_rounds({1: base * wobble, 2: base}) == 2
+    assert threads_from_rounds({1: base, 2: base * wobble}) == 2  # 2 threads a hair slower: still a tie
+    one_is_faster = {1: base, 2: base * 1.3}  # e.g. a busy machine stalling the second thread
+    assert threads_from_rounds(one_is_faster) == 1
+    two_is_faster = {1: base * 1.6, 2: base}
+    assert threads_from_rounds(two_is_faster) == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -79,20 +79,30 @@ def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str
 
 def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np.ndarray]], cores: int,
                      settings: TuningSettings) -> tuple[int, dict[int, float]]:
-    """The fewest threads tied with the fastest count at batch 1 (bench.is_tie), and each count's p50. The
-    counts are timed in turns (bench.interleave), each call under its own thread count (torch's is per
-    process): measured one after the other, a noisy moment decides, and a 5% margin picked 1 thread for a
-    model 1.6x faster on 2."""
+    """The thread count for ``load`` (``threads_from_rounds`` on the counts timed in turns), and each count's
+    p50 at batch 1. The counts are timed in turns (bench.interleave), each call under its own thread count
+    (torch's is per process): measured one after the other, a noisy moment decides."""
     runners = {threads: load(threads) for threads in thread_counts(cores)}
     calls = {threads: _under_threads(threads, cycling_call(runner, feeds)) for threads, runner in runners.items()}
     first = {threads: one_call_ms(call) for threads, call in calls.items()}
     rounds = BenchSettings(confirm_min_rounds=8, confirm_max_rounds=40,
                            confirm_seconds=settings.latency_seconds * len(calls), confirm_block_seconds=0.03)
     times = interleave(calls, dict.fromkeys(calls, 1), first, rounds)
+    return threads_from_rounds(times), {threads: float(np.median(t)) for threads, t in times.items()}
+
+
+def threads_from_rounds(times: Mapping[int, np.ndarray]) -> int:
+    """The most threads tied with the fastest count at batch 1 (bench.is_tie on the round-by-round ratio).
+
+    A tie at batch 1 costs nothing there, and ``load`` serves every batch size with these threads: a larger
+    batch gains from the extra ones (docs/benchmarks.md, cpu_peers run 2: the digits CNN's pick ran batch 16
+    at 0.59 ms, the same runtime on its default two threads at 0.41 ms).
+    Fewer threads win only where they are measurably faster, as on a machine whose other work stalls a
+    thread at the pool's barrier."""
     p50 = {threads: float(np.median(t)) for threads, t in times.items()}
     fastest = min(p50, key=p50.__getitem__)
     tied = [t for t in sorted(times) if is_tie(*ratio_interval(times[t], times[fastest])[1:])]
-    return (tied[0] if tied else fastest), p50
+    return max(tied, default=fastest)
 
 
 def _under_threads(threads: int, call: Callable[[], Any]) -> Callable[[], Any]:
