@@ -14,18 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferforge.calibration import load_calibration
+from inferforge.candidate import CandidateResult, Progress
 from inferforge.data import Dataset, generated_dataset, load_dataset
 from inferforge.destination import check_destination
+from inferforge.options import SearchOptions
 from inferforge.package import write_package
 from inferforge.report import markdown_leaderboard, report_json, report_markdown
-from inferforge.search import (
-    CandidateResult,
-    Progress,
-    SearchOptions,
-    SearchResult,
-    candidate_configs,
-    run_search,
-)
+from inferforge.search import SearchResult, candidate_configs, run_search
 from inferforge.source import ModelSource, load_source
 from inferforge.traffic import feeds_for
 from inferforge.tune import Tuning, tune
