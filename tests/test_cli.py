@@ -102,7 +102,7 @@ def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
     (["--min-top1-agreement", "150%"], "min_top1_agreement must be in [0, 1], got 1.5"),
     (["--max-accuracy-drop", "120%"], "max_accuracy_drop must be in [0, 1], got 1.2"),
     (["--threads", "0"], "threads must be 1 or more, got 0"),
-    (["--fallbacks", "-1"], "--fallbacks must be 0 or more"),
+    (["--fallbacks", "-1"], "fallbacks must be 0 or more"),
     (["--calibration-samples", "0"], "calibration_samples must be 1 or more, got 0"),
     (["--time-budget", "0"], "time_budget_s must be a positive number of seconds"),
     (["--calibration", "nowhere"], "calibration data nowhere does not exist"),

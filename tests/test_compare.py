@@ -13,7 +13,8 @@ from conftest import FP32_EXACT, fast_options
 from torch import nn
 
 import inferforge
-from inferforge.compare import compare_command, compare_models, output_diff
+from inferforge.cli.measure import run_compare
+from inferforge.compare import compare_models, output_diff
 from inferforge.errors import InferforgeError
 
 
@@ -80,7 +81,7 @@ def test_planted_divergence_is_found_at_the_perturbed_layer(packages: tuple[Path
 def test_command_returns_1_for_different_and_prints_json(packages: tuple[Path, Path],
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     base, perturbed = packages
-    assert compare_command(_args(base, perturbed, json=True)) == 1
+    assert run_compare(_args(base, perturbed, json=True)) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["within_tolerance"] is False
     assert report["first_divergent_layer"]["scope"] == "fc2"
@@ -89,7 +90,7 @@ def test_command_returns_1_for_different_and_prints_json(packages: tuple[Path, P
 
 def test_identical_packages_agree(packages: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base, _ = packages
-    assert compare_command(_args(base, base)) == 0
+    assert run_compare(_args(base, base)) == 0
     text = capsys.readouterr().out
     assert "every matched layer is within" in text
     result = compare_models(str(base), str(base), samples=8)
@@ -115,7 +116,7 @@ def test_package_against_its_own_source(mlp_onnx_package: Path) -> None:
     (output,) = result.outputs
     assert output.max_abs < 1e-5 and output.top1_agreement == 1.0
     assert result.layers.note is not None and "B has no ONNX graph" in result.layers.note
-    assert compare_command(_args(package, "models:make_mlp", samples=8)) == 0
+    assert run_compare(_args(package, "models:make_mlp", samples=8)) == 0
 
 
 def test_graphs_with_external_data_and_without_common_names(tmp_path: Path, mlp_onnx_package: Path) -> None:

@@ -13,9 +13,10 @@ from torch import nn
 
 import inferforge
 from inferforge.backends.base import Artifact, BuildConfig, Runner
+from inferforge.cli.measure import run_profile
 from inferforge.data import generate_inputs
 from inferforge.errors import InferforgeError
-from inferforge.profile import ProfileReport, profile_command, profile_package
+from inferforge.profile import ProfileReport, profile_package
 from inferforge.profile.roofline import count_flops
 from inferforge.types import ModelSpec, TensorSpec
 
@@ -117,7 +118,7 @@ def test_command_prints_the_breakdown_and_writes_the_trace(cnn_package: Path, tm
                                                            capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert profile_command(_args(cnn_package)) == 0
+    assert run_profile(_args(cnn_package)) == 0
     out = capsys.readouterr().out
     for text in ("compute", "whole call", "top operators", "arithmetic intensity", "FLOPs per call"):
         assert text in out
@@ -125,7 +126,7 @@ def test_command_prints_the_breakdown_and_writes_the_trace(cnn_package: Path, tm
 
 
 def test_command_json(cnn_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert profile_command(_args(cnn_package, json=True, trace=tmp_path / "t.json")) == 0
+    assert run_profile(_args(cnn_package, json=True, trace=tmp_path / "t.json")) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["stages"]["runs"] == 5 and data["roofline"]["flops_per_call"] > 0
     assert data["operators"]["trace_path"] == str(tmp_path / "t.json")
@@ -133,7 +134,7 @@ def test_command_json(cnn_package: Path, tmp_path: Path, capsys: pytest.CaptureF
 
 def test_missing_package_is_an_inferforge_error(tmp_path: Path) -> None:
     with pytest.raises(InferforgeError, match="does not exist"):
-        profile_command(_args(tmp_path / "nothing-here"))
+        run_profile(_args(tmp_path / "nothing-here"))
 
 
 def test_openvino_operators_come_from_its_performance_counters(tmp_path: Path) -> None:

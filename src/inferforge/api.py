@@ -18,7 +18,7 @@ from inferforge.candidate import CandidateResult, Progress
 from inferforge.data import Dataset, generated_dataset, load_dataset
 from inferforge.destination import check_destination
 from inferforge.options import SearchOptions
-from inferforge.package import write_package
+from inferforge.package import check_fallbacks, write_package
 from inferforge.report import markdown_leaderboard, report_json, report_markdown
 from inferforge.search import SearchResult, candidate_configs, run_search
 from inferforge.source import ModelSource, load_source
@@ -68,6 +68,7 @@ def optimize(model: Any, example_inputs: Any = None, *, inputs: Sequence[TensorS
     Raises InferforgeError subclasses for bad input; candidate failures are recorded in the result, never raised.
     """
     options = options or SearchOptions()
+    check_fallbacks(fallbacks)
     # The time budget covers the whole run, from here: loading the model and data counts too.
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s is not None else None
     if out is not None:

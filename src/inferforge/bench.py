@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from inferforge.backends.base import Runner
+from inferforge.errors import SpecError
 
 TIE_MARGIN = 1.05  # is_tie: the most a tied choice may plausibly lose
 K = TypeVar("K")  # what interleave's callers name their candidates by
@@ -44,6 +45,15 @@ class BenchSettings:
     confirm_max_rounds: int = 60
     confirm_seconds: float = 12.0
     confirm_block_seconds: float = 0.04
+
+    def __post_init__(self) -> None:
+        problems = [] if self.batch_sizes and min(self.batch_sizes) >= 1 else [
+            f"batch_sizes {list(self.batch_sizes)} must list sizes of 1 or more"]
+        problems += [f"{name} is {getattr(self, name)}, it must be positive" for name in
+                     ("min_runs", "max_runs", "max_seconds", "sweep_min_runs", "confirm_block_seconds")
+                     if getattr(self, name) <= 0]
+        if problems:
+            raise SpecError("BenchSettings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,7 @@ place to look when a re-export, a weight update or a quantization went wrong.
 
 from __future__ import annotations
 
-import argparse
 import ast
-import json
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -367,18 +365,6 @@ def compare_models(a: str, b: str, *, data: str | None = None, samples: int = DE
                     else LayerComparison(note="layer comparison not asked for"))
     return Comparison(side_a.description, side_b.description, len(dataset), dataset.origin, rtol, outputs,
                       tuple(unmatched), layer_report)
-
-
-def compare_command(args: argparse.Namespace) -> int:
-    """``inferforge compare A B``: print the comparison (a table, or JSON with --json).
-    Returns 0 when every output is within tolerance, 1 when some differ."""
-    result = compare_models(args.a, args.b, data=args.data, samples=args.samples, rtol=args.rtol,
-                            inputs=args.input or ())
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2, default=str))
-    else:
-        print_comparison(result)
-    return 0 if result.within_tolerance else 1
 
 
 # ---------------------------------------------------------------- display

@@ -19,7 +19,6 @@ place, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -190,11 +189,3 @@ def build_cpp_runner(example_dir: Path, build_dir: Path) -> Path:
         if done.returncode != 0:
             raise InferforgeError(f"{' '.join(step[:2])} failed: {(done.stdout + done.stderr)[-3000:]}")
     return build_dir / "inferforge_runner"
-
-
-def export_command(args: argparse.Namespace) -> int:
-    result = export_package(args.package, args.format, args.out, overwrite=args.overwrite)
-    checked = "" if result.max_abs_error is None else f", max abs error {result.max_abs_error:.2g} against its program"
-    print(f"{result.format}: {result.out / result.file} ({result.how} from {result.from_artifact}{checked}); "
-          f"inputs, outputs and a sample in {result.out}")
-    return 0

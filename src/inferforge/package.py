@@ -24,7 +24,7 @@ from inferforge.backends.base import Runner
 from inferforge.cache import file_sha256
 from inferforge.candidate import CandidateResult
 from inferforge.environment import fingerprint, unmet_requirements, usable_cores
-from inferforge.errors import InferforgeError, PackageError, one_line
+from inferforge.errors import InferforgeError, PackageError, SpecError, one_line
 from inferforge.manifest import (
     ARTIFACTS,
     FORMAT_VERSION,
@@ -40,6 +40,12 @@ from inferforge.types import ModelSpec, Precision
 if TYPE_CHECKING:
     from inferforge.adapters import AdapterSpec
     from inferforge.tune import Tuning
+
+def check_fallbacks(fallbacks: int) -> None:
+    """SpecError unless ``fallbacks`` (passed candidates packaged after the best) is 0 or more."""
+    if fallbacks < 0:
+        raise SpecError(f"fallbacks must be 0 or more (passed candidates packaged after the best), got {fallbacks}")
+
 
 def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResult]:
     """The best candidate and up to ``fallbacks`` more passed ones, one per backend, then whatever the package

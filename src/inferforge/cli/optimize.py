@@ -128,12 +128,10 @@ def check_optimize_args(args: argparse.Namespace, out: Path) -> SearchOptions:
     from inferforge.calibration import WHAT as CALIBRATION_DATA
     from inferforge.data import check_data_ref
     from inferforge.destination import check_destination
-    from inferforge.errors import SpecError
+    from inferforge.package import check_fallbacks
 
     options = options_from_args(args)
-    if args.fallbacks < 0:
-        raise SpecError(f"--fallbacks must be 0 or more (passed candidates packaged after the best), "
-                        f"got {args.fallbacks}")
+    check_fallbacks(args.fallbacks)
     if args.data is not None:
         check_data_ref(args.data)
     if args.calibration is not None:

@@ -94,10 +94,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     from inferforge.serve.model import ModelOptions
     from inferforge.serve.server import ServerConfig
 
-    for flag in ("max_batch_size", "max_queue_size", "instances", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise InferforgeError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise InferforgeError(f"--threads must be at least 1, got {args.threads}")
     if args.max_body_mb <= 0 or args.request_timeout <= 0:
         raise InferforgeError("--max-body-mb and --request-timeout must be positive")
     if not args.path.exists():

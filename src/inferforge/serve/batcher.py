@@ -26,7 +26,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inferforge.errors import ProtocolError, one_line
+from inferforge.errors import ProtocolError, SpecError, one_line
+
+INSTANCE_KINDS = ("thread", "process")  # process: one process each, for GIL-bound runners
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,14 @@ class BatchingConfig:
     static_batch_sizes: tuple[int, ...] = ()  # artifact needs these exact sizes: pad up, slice back
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.instances < 1 or self.max_queue_size < 1:
-            raise ValueError("max_batch_size, instances and max_queue_size must be at least 1")
-        if self.instance_kind not in ("thread", "process"):
-            raise ValueError(f"instance_kind must be 'thread' or 'process', not {self.instance_kind!r}")
+        problems = [f"{name} is {getattr(self, name)}, it must be at least 1"
+                    for name in ("max_batch_size", "instances", "max_queue_size") if getattr(self, name) < 1]
+        if self.max_queue_delay_ms < 0:
+            problems.append(f"max_queue_delay_ms is {self.max_queue_delay_ms}, it must be 0 or more")
+        if self.instance_kind not in INSTANCE_KINDS:
+            problems.append(f"instance_kind must be one of {', '.join(INSTANCE_KINDS)}, not {self.instance_kind!r}")
+        if problems:
+            raise SpecError("BatchingConfig: " + "; ".join(problems))
 
     def to_json(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms,

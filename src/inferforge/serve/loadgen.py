@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from inferforge.errors import InferforgeError
+from inferforge.errors import InferforgeError, SpecError
 from inferforge.serve.loadgen_target import Predict, SystemUnderTest, Target
 from inferforge.serve.remote import RemoteModel, numpy_dtype
 
@@ -50,6 +50,14 @@ class LoadgenSettings:
     search_steps: int = 6  # Server: runs spent looking for the highest valid QPS
     search_duration_s: float = 2.0
     samples: int = 256  # distinct samples LoadGen draws from
+
+    def __post_init__(self) -> None:
+        wrong = [f"{name} is {getattr(self, name)}" for name in ("duration_s", "latency_bound_ms", "samples_per_query",
+                                                                 "max_batch", "concurrency", "search_steps",
+                                                                 "search_duration_s", "samples")
+                 if getattr(self, name) <= 0]
+        if wrong:
+            raise SpecError("LoadgenSettings: each must be positive: " + "; ".join(wrong))
 
 
 @dataclass
