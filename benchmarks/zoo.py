@@ -67,7 +67,7 @@ def machine() -> str:
 def eager_outputs(module: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
-    from inferforge.source import flatten_outputs
+    from inferforge.capture import flatten_outputs
 
     with torch.inference_mode():
         result = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})

@@ -32,10 +32,10 @@ from zoo import ZOO, ZOO_FILE, ZooModel, mismatch
 import inferforge
 from inferforge.backends.base import BuildConfig
 from inferforge.bench import BenchSettings
+from inferforge.capture import flatten_outputs
 from inferforge.data import Dataset
 from inferforge.manifest import MANIFEST
 from inferforge.options import SearchOptions
-from inferforge.source import flatten_outputs
 
 ZOO_BACKENDS = tuple(os.environ.get("INFERFORGE_ZOO_BACKENDS", "eager,torchscript,onnxruntime,source").split(","))
 GPU_BACKENDS = ("eager", "inductor", "onnxruntime", "source", "torchscript")

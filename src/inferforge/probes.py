@@ -147,7 +147,7 @@ def _other_dim_sizes(spec: ModelSpec, ranges: Mapping[str, tuple[int, int]]) -> 
 
 def _resized(spec: ModelSpec, sample: Mapping[str, np.ndarray], dim: str, size: int) -> dict[str, np.ndarray]:
     """The data's samples with every axis named ``dim`` cut or cyclically extended to ``size``."""
-    from inferforge.source import resize_axis
+    from inferforge.spec_inference import resize_axis
 
     out = {}
     for s in spec.inputs:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -20,8 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from inferforge.capture import (
+    at_least_batch_2,
+    export_dynamic_shapes,
+    make_flat_module,
+    suggested_dim_ranges,
+)
 from inferforge.data import generate_inputs
 from inferforge.errors import BuildError, SourceError, SpecError, one_line
+from inferforge.spec_inference import detect_dynamic_dims, infer_output_specs
 from inferforge.types import BATCH, Dim, ModelSpec, TensorSpec, canonical_dtype
 from inferforge.user_code import resolve_callable
 
@@ -98,7 +104,7 @@ class ModelSource:
         """The example inputs as CPU tensors in spec order, batch at least 2 (export specialises size 1)."""
         import torch
 
-        return tuple(torch.from_numpy(v) for v in _at_least_batch_2(self.spec, self.example_inputs).values())
+        return tuple(torch.from_numpy(v) for v in at_least_batch_2(self.spec, self.example_inputs).values())
 
     def fingerprint(self) -> str:
         """A short hash of weights and spec, for cache keys and the manifest."""
@@ -114,103 +120,6 @@ class ModelSource:
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(__import__("torch").uint8).numpy()
                               .tobytes())
         return digest.hexdigest()[:16]
-
-
-DIM_MAX = 1 << 16  # the largest size a dynamic dim is exported for, unless the model allows less
-
-
-def export_dynamic_shapes(spec: ModelSpec, ranges: Mapping[str, tuple[int, int]] | None = None
-                          ) -> tuple[dict[int, Any], ...]:
-    """One torch.export Dim per named dim of the spec, shared by every input that names it."""
-    import torch
-
-    dims: dict[str, Any] = {}
-    shapes = []
-    for s in spec.inputs:
-        axes = {}
-        for axis, d in enumerate(s.shape):
-            if isinstance(d, Dim):
-                lo, hi = (ranges or {}).get(d.name, (1, DIM_MAX))
-                dims.setdefault(d.name, torch.export.Dim(d.name, min=lo, max=hi))
-                axes[axis] = dims[d.name]
-        shapes.append(axes)
-    return tuple(shapes)
-
-
-_SUGGESTED_DIM = re.compile(r"^\s*(\w+)\s*=\s*Dim\(\s*['\"](\w+)['\"]\s*((?:,\s*\w+\s*=\s*\d+\s*)*)\)", re.M)
-
-
-def suggested_dim_ranges(message: str, spec: ModelSpec) -> dict[str, tuple[int, int]]:
-    """The ranges torch.export's "Suggested fixes" give the spec's named dims (e.g. ``S = Dim('S', max=512)``
-    for a 512-position encoder); a dim it fixes to a constant is not a range and is left out."""
-    if "Suggested fixes" not in message:
-        return {}
-    named = {d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)}
-    ranges = {}
-    for match in _SUGGESTED_DIM.finditer(message.split("Suggested fixes", 1)[1]):
-        if match[1] not in named:
-            continue
-        bounds = dict(re.findall(r"(\w+)\s*=\s*(\d+)", match[3]))
-        ranges[match[1]] = (int(bounds.get("min", 1)), int(bounds.get("max", DIM_MAX)))
-    return ranges
-
-
-def _at_least_batch_2(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Export and tracing specialise size-1 dims, so examples need a batch of 2 or more."""
-    out = {}
-    for s in spec.inputs:
-        value = inputs[s.name]
-        axis = s.batch_axis
-        if axis is not None and value.shape[axis] < 2:
-            value = np.concatenate([value] * 2, axis=axis)
-        out[s.name] = value
-    return out
-
-
-# ---------------------------------------------------------------- flattening
-
-def flatten_outputs(result: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Name every tensor in a (nested) tensor/tuple/list/dict output, in a stable order."""
-    import torch
-
-    if isinstance(result, torch.Tensor):
-        return [(prefix or "output", result)]
-    if isinstance(result, Mapping):
-        items: list[tuple[str, Any]] = []
-        for key, value in result.items():
-            if value is not None:
-                items += flatten_outputs(value, f"{prefix}.{key}" if prefix else str(key))
-        return items
-    if isinstance(result, (tuple, list)):
-        items = []
-        for i, value in enumerate(result):
-            if value is not None:
-                items += flatten_outputs(value, f"{prefix}.{i}" if prefix else f"output_{i}")
-        return items
-    raise SpecError(f"the model returned {type(result).__name__}; expected tensors, or tuples, lists or dicts of them")
-
-
-def _make_flat_module(model: Any, input_names: Sequence[str], by_keyword: bool) -> Any:
-    import torch
-
-    class _Flat(torch.nn.Module):
-        """Positional inputs in spec order in, a flat tuple of tensors out."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def named_outputs(self, *args: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-            if by_keyword:
-                return flatten_outputs(self.model(**dict(zip(input_names, args, strict=True))))
-            return flatten_outputs(self.model(*args))
-
-        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return tuple(t for _, t in self.named_outputs(*args))
-
-    flat = _Flat()
-    flat.training = False  # not .eval(): an ExportedProgram's module refuses train()/eval() calls
-    return flat
 
 
 # ---------------------------------------------------------------- loading
@@ -287,7 +196,7 @@ def _from_module(model: Any, examples: Any, overrides: list[TensorSpec], name: s
     params = _forward_params(model)
     specs, arrays = _input_specs(examples, overrides, params)
     by_keyword = bool(params) and all(s.name in params for s in specs)
-    flat = _make_flat_module(model, [s.name for s in specs], by_keyword)
+    flat = make_flat_module(model, [s.name for s in specs], by_keyword)
     source = ModelSource(name, SourceKind.TORCH, ModelSpec(tuple(specs)), module=flat, call_by_keyword=by_keyword)
     source.flatten_rnn_weights()
     if arrays:
@@ -301,87 +210,7 @@ def module_from_factory(ref: str, input_names: Sequence[str], by_keyword: bool) 
     worker process or a source artifact rebuilds the user's model. Raises SourceError."""
     model, _ = _call_factory(ref)
     model.eval()
-    return _make_flat_module(model, list(input_names), by_keyword)
-
-
-def resize_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """``array`` with ``axis`` cut or cyclically extended to ``size``: values stay ones the model saw."""
-    return np.take(array, np.arange(size) % array.shape[axis], axis=axis)
-
-
-def _other_sizes(size: int) -> tuple[int, ...]:
-    return tuple(dict.fromkeys(n for n in (size + max(1, size // 2), max(2, size // 2)) if n != size))
-
-
-def detect_dynamic_dims(module: Any, spec: ModelSpec, arrays: Mapping[str, np.ndarray], fixed: set[str]
-                        ) -> tuple[ModelSpec, list[str]]:
-    """Find the non-batch axes eager PyTorch accepts at other sizes (a sequence length, an image side) and keep
-    them dynamic rather than freezing them at the example's size without a word.
-
-    Axes of the same size are tried together first (input_ids and attention_mask share a length). Sequences
-    (integer inputs, or float inputs of rank 3 or less) become named dims ``S``, ``S1``, ...; image sides
-    (float inputs of rank 4 or more) stay at the example's size, which is what their runtimes are fastest at,
-    and a note gives the ``--input`` that keeps them dynamic. Inputs the user specified (``fixed``) are left
-    as given. Returns the new spec and the notes for the user."""
-    import torch
-
-    by_size: dict[int, list[tuple[str, int]]] = {}
-    for s in spec.inputs:
-        if s.name in fixed or s.name not in arrays:
-            continue
-        for axis, d in enumerate(s.shape):
-            if isinstance(d, int) and d > 1 and axis != s.batch_axis:
-                by_size.setdefault(d, []).append((s.name, axis))
-
-    def accepted(group: list[tuple[str, int]], size: int) -> bool:
-        for other in _other_sizes(size):
-            args = []
-            for s in spec.inputs:
-                value = arrays[s.name]
-                for name, axis in group:
-                    if name == s.name:
-                        value = resize_axis(value, axis, other)
-                args.append(torch.from_numpy(np.ascontiguousarray(value)))
-            try:
-                with torch.inference_mode():
-                    module(*args)
-            except Exception:
-                return False
-        return True
-
-    taken = {d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)}
-    shapes = {s.name: list(s.shape) for s in spec.inputs}
-    notes: list[str] = []
-    for size, axes in sorted(by_size.items()):
-        groups = [axes] if accepted(axes, size) else [[a] for a in axes if len(axes) > 1 and accepted([a], size)]
-        for group in groups:
-            name = next(n for n in (f"S{i}" if i else "S" for i in range(len(taken) + 2)) if n not in taken)
-            images = [(n, a) for n, a in group if _is_image(spec, n)]
-            if images:
-                keep = " ".join(f"--input {_with_dim(spec, n, [a for m, a in images if m == n], Dim(name, size))}"
-                                for n in dict.fromkeys(n for n, _ in images))
-                notes.append(f"{', '.join(f'{n} axis {a}' for n, a in images)} accept other sizes than {size}, "
-                             f"but the package is built for {size} only (image sides run fastest fixed); to keep "
-                             f"them dynamic: {keep}")
-                continue
-            taken.add(name)
-            for n, a in group:
-                shapes[n][a] = Dim(name, size)
-            notes.append(f"{', '.join(f'{n} axis {a}' for n, a in group)} kept dynamic as {name} (eager runs it "
-                         f"at other sizes than the example's {size}); to fix it instead, give --input with {size}")
-    inputs = tuple(replace(s, shape=tuple(shapes[s.name])) for s in spec.inputs)
-    return replace(spec, inputs=inputs), notes
-
-
-def _is_image(spec: ModelSpec, name: str) -> bool:
-    s = next(s for s in spec.inputs if s.name == name)
-    return s.is_float and len(s.shape) >= 4
-
-
-def _with_dim(spec: ModelSpec, name: str, axes: list[int], dim: Dim) -> str:
-    """The input's spec string with ``axes`` made the dynamic ``dim``: the --input that keeps them dynamic."""
-    s = next(s for s in spec.inputs if s.name == name)
-    return str(replace(s, shape=tuple(dim if i in axes else d for i, d in enumerate(s.shape))))
+    return make_flat_module(model, list(input_names), by_keyword)
 
 
 def _input_specs(examples: Any, overrides: list[TensorSpec], params: list[str]) -> tuple[list[TensorSpec], dict]:
@@ -435,61 +264,6 @@ def _finish(source: ModelSource, example_arrays: dict[str, np.ndarray]) -> Model
     return source
 
 
-def infer_output_specs(module: Any, spec: ModelSpec, name: str) -> tuple[TensorSpec, ...]:
-    """Run the model at batch 2, then with one named dim changed at a time, then on other data of the same
-    shapes: an output dim that follows the batch becomes B, one that follows a named input dim takes its name,
-    one that changes with the data alone (nms, boolean masks) becomes a dim of its own (``N``, ``N1``...).
-    SpecError if the model rejects the spec."""
-    named = list(dict.fromkeys(d.name for s in spec.inputs for d in s.shape if isinstance(d, Dim)))
-    base = _run_named(module, spec, generate_inputs(spec, batch_size=2, seed=2), name)
-    varied: dict[str, list[tuple[str, Any]]] = {}
-    for dim in named:
-        if dim == BATCH:
-            varied[dim] = _run_named(module, spec, generate_inputs(spec, batch_size=3, seed=3), name)
-            continue
-        example = next(d.example for s in spec.inputs for d in s.shape if isinstance(d, Dim) and d.name == dim)
-        bigger = replace(spec, inputs=tuple(replace(s, shape=tuple(
-            Dim(d.name, example + 1) if isinstance(d, Dim) and d.name == dim else d for d in s.shape))
-            for s in spec.inputs))
-        varied[dim] = _run_named(module, spec, generate_inputs(bigger, batch_size=2, seed=4), name)
-    other_data = _run_named(module, spec, generate_inputs(spec, batch_size=2, seed=5), name)
-    outs = []
-    data_dims = 0
-    for i, (out_name, a) in enumerate(base):
-        shape: list[int | Dim] = []
-        for axis, size in enumerate(a.shape):
-            follows = [dim for dim in named if dim != BATCH and _size(varied[dim][i][1], axis) != size]
-            batch_size = _size(varied[BATCH][i][1], axis) if BATCH in varied else size
-            if _size(other_data[i][1], axis) == size and size == 2 and batch_size == 3:
-                shape.append(Dim(BATCH))
-            elif _size(other_data[i][1], axis) == size and follows:
-                shape.append(Dim(follows[0], int(size)))
-            elif _size(other_data[i][1], axis) != size or batch_size != size:  # data-dependent, or B times more
-                shape.append(Dim("N" if data_dims == 0 else f"N{data_dims}", int(size)))
-                data_dims += 1
-            else:
-                shape.append(int(size))
-        outs.append(TensorSpec(out_name, canonical_dtype(str(a.dtype)), tuple(shape)))
-    return tuple(outs)
-
-
-def _size(tensor: Any, axis: int) -> int | None:
-    return int(tensor.shape[axis]) if axis < tensor.dim() else None
-
-
-def _run_named(module: Any, spec: ModelSpec, inputs: Mapping[str, np.ndarray], name: str) -> list[tuple[str, Any]]:
-    import torch
-
-    args = [torch.from_numpy(a) for a in inputs.values()]
-    try:
-        with torch.inference_mode():
-            return module.named_outputs(*args)
-    except Exception as exc:
-        specs = " ".join(str(s) for s in spec.inputs)
-        raise SpecError(f"{name} rejected inputs built from the spec {specs}: {one_line(exc)}. "
-                        "Check the --input names, dtypes and shapes against the model's forward()") from exc
-
-
 def _from_torchscript(path: Path, overrides: list[TensorSpec], examples: Any, name: str | None) -> ModelSource:
     import torch
 
@@ -500,7 +274,7 @@ def _from_torchscript(path: Path, overrides: list[TensorSpec], examples: Any, na
     scripted.eval()
     params = _forward_params(scripted)
     specs, arrays = _input_specs(examples, overrides, params)
-    flat = _make_flat_module(scripted, [s.name for s in specs], by_keyword=False)
+    flat = make_flat_module(scripted, [s.name for s in specs], by_keyword=False)
     source = ModelSource(name or path.stem, SourceKind.TORCHSCRIPT, ModelSpec(tuple(specs)), module=flat, path=path)
     return _finish(source, arrays)
 
@@ -514,7 +288,7 @@ def _from_exported(path: Path, overrides: list[TensorSpec], examples: Any, name:
         raise SourceError(f"{path} is not a torch.export archive torch.export.load can read: {one_line(exc)}") from exc
     inner = exported.module()
     specs, arrays = _input_specs(examples, overrides or _exported_input_specs(exported), [])
-    flat = _make_flat_module(inner, [s.name for s in specs], by_keyword=False)
+    flat = make_flat_module(inner, [s.name for s in specs], by_keyword=False)
     source = ModelSource(name or path.stem, SourceKind.EXPORTED, ModelSpec(tuple(specs)), module=flat, path=path)
     return _finish(source, arrays)
 

@@ -57,7 +57,8 @@ def source_recipe(source: ModelSource) -> SourceRecipe | None:
 
 
 def rebuild_source(recipe: SourceRecipe) -> ModelSource:
-    from inferforge.source import _make_flat_module, load_source, module_from_factory
+    from inferforge.capture import make_flat_module
+    from inferforge.source import load_source, module_from_factory
 
     source = recipe.source
     names = source.spec.input_names
@@ -66,7 +67,7 @@ def rebuild_source(recipe: SourceRecipe) -> ModelSource:
     if source.factory_ref is not None:
         module = module_from_factory(source.factory_ref, names, source.call_by_keyword)
     elif recipe.pickled_model is not None:  # our own parent's bytes, made by source_recipe
-        module = _make_flat_module(pickle.loads(recipe.pickled_model), names, source.call_by_keyword)
+        module = make_flat_module(pickle.loads(recipe.pickled_model), names, source.call_by_keyword)
     else:
         assert source.path is not None
         module = load_source(source.path, inputs=list(source.spec.inputs)).module

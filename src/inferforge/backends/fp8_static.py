@@ -67,10 +67,11 @@ from inferforge.backends.torch_common import (
     device_requirement,
     tf32_mode,
 )
+from inferforge.capture import export_dynamic_shapes
 from inferforge.data import Dataset
 from inferforge.environment import torch_requirement
 from inferforge.errors import BuildError
-from inferforge.source import ModelSource, SourceKind, export_dynamic_shapes
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn

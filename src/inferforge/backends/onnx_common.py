@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from inferforge.backends.base import BackendOptions, one_of
+from inferforge.capture import at_least_batch_2
 from inferforge.errors import BuildError, one_line
-from inferforge.source import ModelSource, SourceKind, _at_least_batch_2
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import Precision
 
 MODEL = "model.onnx"
@@ -120,7 +121,7 @@ def export_onnx(source: ModelSource, path: Path) -> str:
             errors.append(f"torch.export-based exporter: {one_line(exc, 200)}")
             for leftover in path.parent.iterdir():
                 leftover.unlink()
-    examples = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())
+    examples = tuple(torch.from_numpy(v) for v in at_least_batch_2(source.spec, source.example_inputs).values())
     dynamic_axes = {s.name: {axis: str(d).split("=")[0] for axis, d in enumerate(s.shape) if not isinstance(d, int)}
                     for s in (*source.spec.inputs, *source.spec.outputs)}
     try:

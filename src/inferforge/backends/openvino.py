@@ -36,11 +36,12 @@ from inferforge.backends.base import (
     one_of,
 )
 from inferforge.backends.onnx_common import quiet
+from inferforge.capture import at_least_batch_2
 from inferforge.data import Dataset
 from inferforge.environment import native_bf16_reason, usable_cores, version_of
 from inferforge.errors import BuildError, one_line
 from inferforge.operator_profile import WARMUP_RUNS, OperatorProfile, top_operators, write_trace
-from inferforge.source import ModelSource, SourceKind, _at_least_batch_2
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import Dim, ModelSpec, Precision, TensorSpec
 
 MODEL = "model.xml"  # and model.bin beside it
@@ -284,7 +285,7 @@ def _convert_torch(source: ModelSource) -> tuple[Any, str]:
                 return ov.convert_model(source.exported_program()), "torch.export"
         except Exception as exc:
             errors.append(f"from torch.export: {one_line(exc, 200)}")
-    examples = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())
+    examples = tuple(torch.from_numpy(v) for v in at_least_batch_2(source.spec, source.example_inputs).values())
     try:
         with quiet():
             model = ov.convert_model(source.module, example_input=examples,

@@ -112,7 +112,7 @@ class PythonSourceBackend(TorchBackend):
         import torch
         from safetensors.torch import load_model
 
-        from inferforge.source import _make_flat_module
+        from inferforge.capture import make_flat_module
 
         set_torch_threads(threads)
         recipe = json.loads((artifact.directory / RECIPE).read_text())
@@ -126,7 +126,7 @@ class PythonSourceBackend(TorchBackend):
         config = artifact.config
         if config.device != "cpu":
             model = model.to(config.device)
-        flat = _make_flat_module(model, recipe["input_names"], recipe["call_by_keyword"])
+        flat = make_flat_module(model, recipe["input_names"], recipe["call_by_keyword"])
         for module in flat.modules():
             if isinstance(module, torch.nn.RNNBase):
                 module.flatten_parameters()

@@ -126,7 +126,7 @@ def export_placed(source: ModelSource, config: BuildConfig) -> Any:
     FP32 CPU program."""
     import torch
 
-    from inferforge.source import export_dynamic_shapes
+    from inferforge.capture import export_dynamic_shapes
 
     program = source.exported_program()
     dtype = compute_dtype(config.precision, config.device)

@@ -50,16 +50,11 @@ from inferforge.backends.base import (
     artifact_from_dir,
     one_of,
 )
+from inferforge.capture import at_least_batch_2, export_dynamic_shapes, make_flat_module
 from inferforge.data import Dataset
 from inferforge.environment import cpu_flags, version_of
 from inferforge.errors import BuildError, Unavailable, one_line
-from inferforge.source import (
-    ModelSource,
-    SourceKind,
-    _at_least_batch_2,
-    _make_flat_module,
-    export_dynamic_shapes,
-)
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
 MODES = ("dynamic", "static")
@@ -235,7 +230,7 @@ def quantize(source: ModelSource, options: TorchInt8Options, calibration: Datase
             prepared(*args)  # no inference_mode: prepared observers update their buffers in place
         converted = convert(prepared)
         quantized = sum("dequantize_per_channel" in str(node.target) for node in converted.graph.nodes)
-        flat = _make_flat_module(converted, source.spec.input_names, by_keyword=False)
+        flat = make_flat_module(converted, source.spec.input_names, by_keyword=False)
         program, method = _export(flat, source), f"PT2E X86InductorQuantizer ({origin})"
     if not quantized:
         raise BuildError(f"{options.mode} INT8 found nothing to quantize ({method} quantizes Linear"
@@ -322,7 +317,7 @@ def _export(module: Any, source: ModelSource) -> Any:
     """torch.export a ``forward(*args)`` module returning a flat tuple, with the source's dynamic dims."""
     import torch
 
-    args = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())
+    args = tuple(torch.from_numpy(v) for v in at_least_batch_2(source.spec, source.example_inputs).values())
     return torch.export.export(module, args, dynamic_shapes=(export_dynamic_shapes(source.spec, source.dim_ranges),), strict=False)
 
 

@@ -56,9 +56,10 @@ from inferforge.backends.torch_common import (
     TorchBackend,
     device_requirement,
 )
+from inferforge.capture import export_dynamic_shapes
 from inferforge.data import Dataset
 from inferforge.environment import torch_requirement
-from inferforge.source import ModelSource, SourceKind, export_dynamic_shapes
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec, Precision
 
 

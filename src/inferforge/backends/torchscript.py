@@ -16,9 +16,10 @@ import numpy as np
 
 from inferforge.backends.base import SEARCH_ORDER, Artifact, Backend, BuildConfig, Runner, artifact_from_dir
 from inferforge.backends.torch_common import TorchRunner, set_torch_threads
+from inferforge.capture import at_least_batch_2
 from inferforge.data import Dataset, generate_inputs
 from inferforge.errors import BuildError, one_line
-from inferforge.source import ModelSource, SourceKind, _at_least_batch_2
+from inferforge.source import ModelSource, SourceKind
 from inferforge.types import ModelSpec
 
 MODULE = "model.ts"
@@ -41,7 +42,7 @@ class TorchScriptBackend(Backend):
               calibration: Dataset | None = None) -> Artifact:
         import torch
 
-        examples = tuple(torch.from_numpy(v) for v in _at_least_batch_2(source.spec, source.example_inputs).values())
+        examples = tuple(torch.from_numpy(v) for v in at_least_batch_2(source.spec, source.example_inputs).values())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.10+ marks TorchScript deprecated
             warnings.simplefilter("always", torch.jit.TracerWarning)
