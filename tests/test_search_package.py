@@ -16,6 +16,7 @@ from inferforge.candidate import Status
 from inferforge.errors import PackageError
 from inferforge.manifest import MANIFEST
 from inferforge.options import Objective
+from inferforge.validate import DecidingFigure
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def test_user_data_folder_with_labels(tmp_path: Path) -> None:
     np.save(data / "labels.npy", rng.integers(0, 4, 12))
     result = inferforge.optimize("models:make_cnn", data=str(data), options=fast_options(backends=("onnxruntime",)))
     report = result.search.candidates[0].accuracy
-    assert report.decided_by == "accuracy drop" and report.samples == 12
+    assert report.decided_by is DecidingFigure.ACCURACY_DROP and report.samples == 12
     assert report.accuracy == report.reference_accuracy
 
 

@@ -39,7 +39,7 @@ class AotInductorBackend(TorchBackend):
     refusals = {SourceKind.TORCHSCRIPT: "AOTInductor compiles torch.export programs, not TorchScript"}
 
     def unavailable_reason(self, config: BuildConfig, source: ModelSource) -> str | None:
-        if config.device == "cuda":  # benchmarks/gpu_probe.py aoti and aoti_small, lent H100, 2026-11-23
+        if config.device == "cuda":  # benchmarks/gpu_probe.py aoti and aoti_small reproduce it
             return ("AOTInductor CUDA packages crash the process that loads them: segfault in torch's _load_aoti "
                     "(torch 2.11.0+cu130 on an H100), for an FP16 encoder and for a 3-layer MLP alike, with kernel "
                     "binaries embedded or not, single-threaded runner or not, CUDA initialised first; cf. "

@@ -4,12 +4,7 @@ A CUDA graph replays a whole forward pass with one launch, which removes the
 per-kernel launch cost that dominates small batches. ``torch.compile(mode=
 "reduce-overhead")`` does this too, but its graph-tree wrapper does Python work on
 every call (input checks, buffer bookkeeping) that is longer than the GPU work at
-batch 1. Measured on the lent H100 (torch 2.11, FP16, batch 1, median, one run):
-
-    model          reduce-overhead   one torch.cuda.CUDAGraph around the default-mode compile
-    BERT-base      0.944 ms          0.594 ms
-    ResNet-50      0.618 ms          0.436 ms
-    MiniLM shape   0.651 ms          0.246 ms
+batch 1 (docs/benchmarks.md's GPU section has the figures: 0.59 against 0.94 ms on BERT-base).
 
 So the GPU candidates compile in Inductor's default mode and capture their graphs
 here: a call copies its inputs into the bucket's static input buffers (padding the

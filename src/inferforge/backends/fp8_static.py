@@ -3,7 +3,7 @@
 torchao's ``fp8-rowwise`` candidate (``torchao_cuda.py``) scales every activation row
 from the data at run time: each matrix product first reads its input to find the
 row maxima, then quantizes it, and on BERT-base that cost what the FP8 tensor cores
-saved (it tied FP16 at batch 256 on the lent H100). Here the scales are fixed at build
+saved (it tied FP16 at batch 256; docs/benchmarks.md). Here the scales are fixed at build
 time instead, the way TensorRT's calibrated INT8/FP8 engines do it:
 
 - activations: one scale per layer input (per tensor), ``amax / 448`` over the
@@ -25,14 +25,9 @@ constants), so the artifact loads with torch alone: no pickle of the user's code
 compiles it with Inductor and replays CUDA graphs per batch bucket, as the ``inductor``
 GPU candidates do.
 
-Measured on the lent H200 (``benchmarks/gpu_probe.py fp8``, 2026-12-03, BERT-base seq 128,
-one run): batch 1 0.590 ms, batch 256 24,405 seq/s, pooled cosine 0.99812 against FP32;
-the FP16 ``inductor`` candidate 0.629 ms and 18,682/s, ``torch.compile`` FP16 18,209/s.
-MiniLM with its real weights: cosine 0.9976. Per-channel weight scales were slower (the
-row-wise kernel: batch 1 0.88 ms) and FP16 instead of BF16 no more accurate, so the search
-gets the default config only; "max-autotune-no-cudagraphs" did not finish compiling BERT-base
-in 300 s. docs/benchmarks.md has the kernel profile: what is left is the GELU pass, the
-masked attention and the layer norms, not the FP8 products.
+Why this shape (static per-tensor scales, the default config only, no max-autotune) and what bounds it
+(the GELU pass, the masked attention and the layer norms, not the FP8 products): the fp8-static figures
+and kernel profile in docs/benchmarks.md's GPU section.
 """
 
 from __future__ import annotations

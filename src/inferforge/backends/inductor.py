@@ -82,9 +82,8 @@ class InductorBackend(TorchBackend):
         return [BuildConfig(self.name, Precision.FP32, device, InductorOptions(freezing=f)) for f in (False, True)]
 
     def thorough_configs(self, device: str) -> list[BuildConfig]:
-        """max-autotune benchmarks Triton GEMM templates against cuBLAS for every matrix product. On the
-        lent H100 (benchmarks/gpu_probe.py candidates, 2026-11-23) it took 140 s against 44 s to build and
-        warm BERT-base, and ran batch 1 in 0.717 ms against 0.592 ms, batch 256 at the same rate."""
+        """max-autotune benchmarks Triton GEMM templates against cuBLAS for every matrix product: three times
+        the build time on BERT-base for no gain (docs/benchmarks.md), so only with ``--thorough``."""
         if device != "cuda":
             return []
         return [BuildConfig(self.name, Precision.FP16, device,

@@ -12,13 +12,12 @@ Three schemes, each a candidate:
   other sizes stay BF16 and a model whose linear layers see 16 rows or fewer (an MLP
   at batch 1) fails its measurement, which the search reports.
 - ``int8-weight-only`` (``--thorough`` only): INT8 weights dequantized inside the matrix
-  product, half the weight bytes of FP16; compiling BERT-base with it had not finished
-  after 320 s on the lent H100.
+  product, half the weight bytes of FP16; compiling BERT-base with it takes minutes
+  (docs/benchmarks.md).
 
-Measured on the lent H100 (``benchmarks/gpu_probe.py candidates``, 2026-11-23, BERT-base
-seq 128): batch 1 FP16 with CUDA graphs 0.592 ms, FP8 0.777, INT8 dynamic 0.839; batch
-256 18.2k, 18.1k and 11.6k seq/s. The per-token scaling and the casts around each matrix
-product cost more than the faster tensor cores save at these sizes.
+At BERT-base's sizes the per-token scaling and the casts around each matrix product cost more than the
+faster tensor cores save (figures in docs/benchmarks.md's GPU section); ``fp8_static.py`` fixes the scales
+at build time instead.
 
 Everything that is not an ``nn.Linear`` (attention softmax, layer norms, convolutions)
 stays in BF16: torchao's configs quantize linear layers only, and PyTorch has no INT8

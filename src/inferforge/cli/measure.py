@@ -109,7 +109,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     """Print the comparison (a table, or JSON with --json). 0 when every output is within tolerance, 1 when some
     differ."""
-    from inferforge.compare import compare_models, print_comparison
+    from inferforge.compare import compare_models
+    from inferforge.report.compare_text import print_comparison
 
     result = compare_models(args.a, args.b, data=args.data, samples=args.samples, rtol=args.rtol,
                             inputs=args.input or ())
