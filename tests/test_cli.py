@@ -152,6 +152,7 @@ def _owned_defaults(root: Path) -> dict[tuple[str, str], object]:
     from inferforge.profile import profile_package
     from inferforge.serve.loadgen import LoadgenSettings
     from inferforge.serve.model import ModelOptions
+    from inferforge.serve.ray_config import RayScaling, RayServeConfig
     from inferforge.serve.server import ServerConfig
     from inferforge.validate import AccuracyBudget
 
@@ -169,6 +170,11 @@ def _owned_defaults(root: Path) -> dict[tuple[str, str], object]:
         ("serve", "grpc_port"): server.grpc_port, ("serve", "metrics_port"): server.metrics_port,
         ("serve", "poll_seconds"): server.poll_seconds, ("serve", "max_body_mb"): server.max_body_bytes / 2**20,
         ("serve", "request_timeout"): ModelOptions().request_timeout_s,
+        ("serve", "replicas"): RayScaling().replicas, ("serve", "cpus_per_replica"): RayScaling().cpus_per_replica,
+        ("serve", "gpus_per_replica"): RayScaling().gpus_per_replica,
+        ("serve", "target_ongoing_requests"): RayScaling().target_ongoing_requests,
+        ("serve", "ray_batching"): RayServeConfig({}).batching,
+        ("serve", "package_transfer"): RayServeConfig({}).transfer,
         ("bench", "scenarios"): loadgen.scenarios, ("bench", "duration"): loadgen.duration_s,
         ("bench", "latency_bound"): loadgen.latency_bound_ms, ("bench", "search_steps"): loadgen.search_steps,
         ("bench", "samples_per_query"): loadgen.samples_per_query, ("bench", "max_batch_size"): loadgen.max_batch,
@@ -231,7 +237,7 @@ def test_serve_and_bench_options_left_out_are_their_owners_defaults(tmp_path: Pa
 def test_ray_options_left_out_are_ray_serves_defaults(tmp_path: Path) -> None:
     pytest.importorskip("ray.serve")
     from inferforge.cli.serve import config_from_args, ray_config_from_args
-    from inferforge.serve.ray_serve import RayScaling, RayServeConfig
+    from inferforge.serve.ray_config import RayScaling, RayServeConfig
 
     args = build_parser().parse_args(["serve", str(tmp_path), "--ray", "--replicas", "3"])
     ray = ray_config_from_args(args, config_from_args(args))

@@ -1,8 +1,7 @@
 """``inferforge serve``: command-line options into a ServerConfig (or a Ray Serve deployment), then run it.
 
 The one place outside ``serve/`` that imports it. Defaults are ServerConfig's, ModelOptions' and BatchingConfig's;
-the Ray flags default to None and only the ones given reach RayScaling, because reading its defaults would import
-Ray, which ``inferforge serve`` without ``--ray`` must not need.
+the Ray flags' are RayScaling's and RayServeConfig's (serve/ray_config.py, which does not import Ray).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 from inferforge.cli.args import field_default, given, int_list
 
 if TYPE_CHECKING:
-    from inferforge.serve.ray_serve import RayServeConfig
+    from inferforge.serve.ray_config import RayServeConfig
     from inferforge.serve.server import ServerConfig
 
 HELP = "serve packages over the Open Inference Protocol (HTTP, gRPC, metrics)"
@@ -26,14 +25,12 @@ DESCRIPTION = ("Serve one package, or a model repository (REPO/<model>/<version>
 MIB = 1 << 20
 BATCHING_FLAGS = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes", "max_queue_size", "instances",
                   "instance_kind")  # BatchingConfig fields; the package suggests the values the user leaves out
-INSTANCE_KINDS = ("thread", "process")
-RAY_BATCHING = ("inferforge", "ray")
-PACKAGE_TRANSFERS = ("object-store", "shared")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from inferforge.serve.batcher import BatchingConfig
+    from inferforge.serve.batcher import INSTANCE_KINDS, BatchingConfig
     from inferforge.serve.model import ModelOptions
+    from inferforge.serve.ray_config import BATCHERS, TRANSFERS, RayScaling, RayServeConfig
     from inferforge.serve.server import ServerConfig
 
     def server(name: str) -> object:
@@ -71,20 +68,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "packaged with it (for models no graph capture takes); only for packages you trust")
     parser.add_argument("--log-level", choices=["debug", "info", "warning"], default="info",
                         help="what the server logs (JSON lines on stderr)")
-    ray = parser.add_argument_group("Ray Serve (scale out; HTTP only; defaults: RayScaling's and RayServeConfig's)")
+    ray = parser.add_argument_group("Ray Serve (scale out; HTTP only)")
     ray.add_argument("--ray", action="store_true", help="deploy each model on Ray Serve (a running cluster, or a "
                      "local one) behind the same Open Inference Protocol HTTP API, on --host/--http-port")
-    ray.add_argument("--replicas", type=int, help="replicas per model")
+    ray.add_argument("--replicas", type=int, default=field_default(RayScaling, "replicas"), help="replicas per model")
     ray.add_argument("--autoscale", type=int_list, metavar="MIN,MAX", help="autoscale between MIN and MAX replicas")
-    ray.add_argument("--target-ongoing-requests", type=float,
+    ray.add_argument("--target-ongoing-requests", type=float, default=field_default(RayScaling, "target_ongoing_requests"),
                      help="with --autoscale: requests in flight per replica that autoscaling aims at")
-    ray.add_argument("--cpus-per-replica", type=float)
-    ray.add_argument("--gpus-per-replica", type=float)
+    ray.add_argument("--cpus-per-replica", type=float, default=field_default(RayScaling, "cpus_per_replica"),
+                     help="CPUs each replica reserves on the cluster")
+    ray.add_argument("--gpus-per-replica", type=float, default=field_default(RayScaling, "gpus_per_replica"),
+                     help="GPUs each replica reserves on the cluster")
     ray.add_argument("--ray-address", help="cluster to join, e.g. auto or ray://HOST:10001 (default: RAY_ADDRESS, "
                      "a cluster started here with `ray start`, else a new local one)")
-    ray.add_argument("--ray-batching", choices=RAY_BATCHING,
+    ray.add_argument("--ray-batching", choices=BATCHERS, default=field_default(RayServeConfig, "batching"),
                      help="inferforge's batcher in each replica (counts samples), or Ray Serve's @serve.batch")
-    ray.add_argument("--package-transfer", choices=PACKAGE_TRANSFERS,
+    ray.add_argument("--package-transfer", choices=TRANSFERS, default=field_default(RayServeConfig, "transfer"),
                      help="how replicas get the package: Ray's object store, or the path itself on shared storage")
 
 
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 def ray_config_from_args(args: argparse.Namespace, server: ServerConfig) -> RayServeConfig:
     """The Ray Serve deployment of what ``server`` would serve: the newest version of each model."""
     from inferforge.errors import InferforgeError
-    from inferforge.serve.ray_serve import RayScaling, RayServeConfig
+    from inferforge.serve.ray_config import RayScaling, RayServeConfig
     from inferforge.serve.repository import scan
 
     scaling = given(args, replicas="replicas", target_ongoing_requests="target_ongoing_requests",
