@@ -20,10 +20,9 @@ import pytest
 import inferforge
 from inferforge.cli import main
 from inferforge.errors import PackageError
+from inferforge.serve.ray_config import RayScaling, RayServeConfig
 from inferforge.serve.ray_serve import (
     RayDeployment,
-    RayScaling,
-    RayServeConfig,
     _materialize,
     _package_reference,
     _verify_every_artifact,
