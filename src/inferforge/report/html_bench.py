@@ -7,10 +7,6 @@ from typing import Any
 from inferforge.report.charts import STATUS_COLOURS, figure, log_if_wide, new_figure, no_data, plain
 from inferforge.report.html_page import environment_section, facts, number, page, table
 
-# LoadGen's scenarios in MLPerf's order (serve/loadgen.py runs them; core does not import the server)
-SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
-
-
 def _scenario_table(bench: dict[str, Any]) -> str:
     headers = ("scenario", "valid", "samples", "QPS", "p50 ms", "p90 ms", "p99 ms", "detail", "LoadGen log")
     logs = bench.get("loadgen_logs") or {}
@@ -26,8 +22,8 @@ def _scenario_table(bench: dict[str, Any]) -> str:
 
 
 def _scenarios(bench: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    present = bench.get("scenarios") or {}
-    return [(name, present[name]) for name in (*SCENARIOS, *sorted(set(present) - set(SCENARIOS))) if name in present]
+    """The scenarios in the order the run took them (serve/loadgen.py runs them in LoadgenSettings' order)."""
+    return list((bench.get("scenarios") or {}).items())
 
 
 def _latency_cdf_chart(bench: dict[str, Any]) -> str:
