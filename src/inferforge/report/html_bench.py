@@ -7,6 +7,7 @@ from typing import Any
 from inferforge.report.charts import STATUS_COLOURS, figure, log_if_wide, new_figure, no_data, plain
 from inferforge.report.html_page import environment_section, facts, number, page, table
 
+
 def _scenario_table(bench: dict[str, Any]) -> str:
     headers = ("scenario", "valid", "samples", "QPS", "p50 ms", "p90 ms", "p99 ms", "detail", "LoadGen log")
     logs = bench.get("loadgen_logs") or {}
