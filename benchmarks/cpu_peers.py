@@ -200,7 +200,8 @@ def peers(work: Workload, outputs: list[str], tmp: Path) -> dict[str, Peer]:
     _export_onnx(work, onnx_path)
     built["onnxruntime fp32 default"] = Peer(_ort_run(onnx_path, outputs), fp32=True)
     run, precision = _openvino_run(str(onnx_path), outputs)
-    built["openvino default"] = Peer(run, f"OpenVINO computes in {precision} by default here", precision == "f32")
+    built["openvino default"] = Peer(run, f"OpenVINO computes in {precision} by default here",
+                                     precision in ("f32", "float32"))  # the property reads "float32" on 2026.4
     started = time.perf_counter()
     try:
         run, precision = _openvino_run(_nncf_int8(onnx_path, work), outputs)
