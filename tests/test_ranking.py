@@ -12,7 +12,7 @@ from conftest import FAST_BENCH, fast_options
 from torch import nn
 
 from inferforge.backends import get_backend
-from inferforge.backends.base import Artifact, BuildConfig
+from inferforge.backends.base import Artifact
 from inferforge.bench import BenchReport, LatencyStats, interleave, ratio_interval
 from inferforge.candidate import CandidateResult, Status
 from inferforge.data import Dataset
@@ -83,7 +83,7 @@ def test_interleaved_times_tell_a_real_gap_from_a_tie() -> None:
 
 
 def _result(backend: str, precision: Precision, p50: float, load_s: float = 0.1) -> CandidateResult:
-    config = BuildConfig(backend, precision, "cpu", get_backend(backend).options_type())
+    config = next(c for c in get_backend(backend).configs("cpu") if c.precision is precision)
     stats = LatencyStats(1, 10, p50, p50, p50, p50, 0.0, 1000 / p50)
     bench = BenchReport(stats, (stats,), 2, 0.0, load_s)
     return CandidateResult(config, Status.PASSED, artifact=Artifact(config, Path("."), (), 0), bench=bench)

@@ -19,7 +19,7 @@ import torch
 from inferforge.backends.base import Artifact, BuildConfig
 from inferforge.backends.torch_int8 import TorchInt8Backend, TorchInt8Options, _pt2e_api, quantize
 from inferforge.data import generate_inputs, generated_dataset
-from inferforge.errors import BuildError, Unavailable
+from inferforge.errors import BuildError, SpecError, Unavailable
 from inferforge.source import ModelSource, load_source
 from inferforge.types import Precision
 
@@ -140,8 +140,10 @@ def test_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
 
     backend, source = TorchInt8Backend(), load_source("models:make_mlp")
     assert [backend.unavailable_reason(c, source) for c in backend.configs("cpu")] == [None, None]
-    assert "int8" in (backend.unavailable_reason(BuildConfig("torch-int8", Precision.FP32), source) or "")
-    assert "mode" in (backend.unavailable_reason(_config("weird"), source) or "")
+    with pytest.raises(SpecError, match="torch-int8 builds int8, not fp32"):  # refused where it is written
+        BuildConfig("torch-int8", Precision.FP32, "cpu", TorchInt8Options())
+    with pytest.raises(SpecError, match="mode 'weird' is not one of dynamic, static"):
+        _config("weird")
 
     def missing() -> None:
         raise Unavailable("INT8 through PT2E needs torchao")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from inferforge.capture import make_flat_module
 from inferforge.data import Dataset, generated_dataset, load_dataset
 from inferforge.errors import InferforgeError, SpecError
 from inferforge.types import ModelSpec
@@ -238,7 +239,7 @@ def _scope(node: Any) -> str | None:
         return None
     scope = str(scopes[-2])
     # inferforge wraps the user's module as ``model``: the user knows their layer without that prefix.
-    if "_make_flat_module" in meta.get("namespace", "") and scope.startswith("model"):
+    if make_flat_module.__name__ in meta.get("namespace", "") and scope.startswith("model"):
         scope = scope.removeprefix("model").removeprefix(".")
     return scope or None
 

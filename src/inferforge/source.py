@@ -56,7 +56,7 @@ class ModelSource:
     # 'file.py:factory' (absolute path) or 'package.module:factory' when the model came from a factory:
     # the source backend packages that code, and a search worker process rebuilds the model from it.
     factory_ref: str | None = None
-    call_by_keyword: bool = False  # the user's forward takes the inputs by name (see _make_flat_module)
+    call_by_keyword: bool = False  # the user's forward takes the inputs by name (see capture.make_flat_module)
     # Ranges of named dynamic dims the exporter asked for (its "Suggested fixes"), e.g. {"S": (1, 512)}.
     dim_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the user should know: frozen dims, ranges applied
