@@ -352,3 +352,11 @@ def test_info_on_a_manifest_that_is_json_but_not_an_object_is_a_package_error(tm
     assert main(["info", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "inferforge.json" in err and "internal error" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    from inferforge.version import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"inferforge {__version__}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from inferforge.cli import demo, measure, optimize, packages, serve
 from inferforge.cli.args import DefaultsFormatter
 from inferforge.errors import InferforgeError
+from inferforge.version import __version__
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferforge", description="Optimize, validate, benchmark and package "
                                      "PyTorch models for inference.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"inferforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         child = sub.add_parser(name, help=command.help, description=command.description or command.help,
