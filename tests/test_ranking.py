@@ -131,6 +131,21 @@ def test_a_wide_interval_is_no_tie_the_median_ranks() -> None:
     assert order[0].config.backend == "openvino" and loser.low <= 1.0 and loser.high > 1.05 and not loser.tie
 
 
+def test_a_lower_precision_must_be_measurably_faster_to_win() -> None:
+    rng = np.random.default_rng(3)
+    shared = rng.normal(1.0, 0.02, 16)
+    ranked = rank([_result("onnxruntime", Precision.INT8, 9.6), _result("onnxruntime", Precision.FP32, 10.0)],
+                  Objective.LATENCY)
+    int8, fp32 = ranked[0].key, ranked[1].key
+    # INT8 4% faster in the median, but swinging by 10% a round: not shown to be faster, so FP32 is kept.
+    order, notes = confirm(ranked, {int8: 9.6 * shared * rng.normal(1.0, 0.10, 16), fp32: 10.0 * shared},
+                           Objective.LATENCY)
+    assert order[0].key == fp32 and any("not measurably faster" in n for n in notes)
+    # Clearly faster (0.6x the time every round): INT8 wins.
+    order, _ = confirm(ranked, {int8: 6.0 * shared, fp32: 10.0 * shared}, Objective.LATENCY)
+    assert order[0].key == int8
+
+
 def test_rejected_and_failed_candidates_are_never_re_measured() -> None:
     passed = _result("onnxruntime", Precision.FP32, 10.0)
     rejected = replace(_result("openvino", Precision.INT8, 5.0), status=Status.REJECTED)
