@@ -104,7 +104,7 @@ def run_model(name: str, model: Any, target: str, time_budget: float | None, qui
 
     bench = (BenchSettings(batch_sizes=(1,), warmup_runs=1, min_runs=3, max_runs=20, min_seconds=0.0,
                            max_seconds=0.3, sweep_min_runs=1, sweep_seconds=0.05, confirm_min_rounds=3,
-                           confirm_max_rounds=3, confirm_seconds=0.0, confirm_block_seconds=0.001) if quick
+                           confirm_max_rounds=3, confirm_seconds=0.0, confirm_block_seconds=0.001, confirm_settle_seconds=0.0) if quick
              else BenchSettings())
     options = SearchOptions(device=target, tune=False, cache_dir=None, time_budget_s=time_budget, bench=bench)
     data = None

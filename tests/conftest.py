@@ -18,7 +18,8 @@ from inferforge.validate import AccuracyBudget  # noqa: E402
 # Enough runs to exercise the code paths, not to produce figures (figures live in benchmarks/).
 FAST_BENCH = BenchSettings(batch_sizes=(1, 4), warmup_runs=1, min_runs=3, max_runs=50, min_seconds=0.0,
                            max_seconds=0.5, sweep_min_runs=2, sweep_seconds=0.05, confirm_min_rounds=2,
-                           confirm_max_rounds=3, confirm_seconds=0.0, confirm_block_seconds=0.001)
+                           confirm_max_rounds=3, confirm_seconds=0.0, confirm_block_seconds=0.001,
+                           confirm_settle_seconds=0.0)
 
 
 # For tests that compare loaded or served outputs at 1e-5: only FP32 candidates meet it, so no INT8 or bf16

@@ -82,6 +82,41 @@ def test_interleaved_times_tell_a_real_gap_from_a_tie() -> None:
     assert low < 1.2 and high > 0.85
 
 
+def test_turns_vary_their_order_so_no_candidate_always_follows_the_same_neighbour() -> None:
+    sequence: list[str] = []
+    calls = {k: (lambda k=k: sequence.append(k)) for k in "abcd"}
+    settings = replace(FAST_BENCH, confirm_min_rounds=12, confirm_max_rounds=12, confirm_seconds=30.0,
+                       confirm_block_seconds=1.0)
+    interleave(calls, dict.fromkeys(calls, 1), dict.fromkeys(calls, 1e3), settings)
+    timed = sequence[len(calls):]  # after the warm-up round: per turn, one untimed and one timed call
+    turns = timed[::2]
+    predecessors = {k: [turns[i - 1] for i in range(1, len(turns)) if turns[i] == k] for k in calls}
+    most_common_share = {k: max(p.count(q) for q in p) / len(p) for k, p in predecessors.items()}
+    assert max(most_common_share.values()) <= 0.6, predecessors  # a fixed cycle (A B C D, B C D A, ...): 0.75
+
+
+def test_the_pause_before_a_turn_lets_the_previous_runtimes_leftover_work_end() -> None:
+    """A runtime whose threads keep spinning after its call slows whatever runs next (measured in
+    docs/benchmarks.md, "Timing in turns"); here the leftover is simulated as a deadline during which
+    every other call costs 3 ms more. With the pause, two identical candidates time alike and clean."""
+    busy_until = [0.0]
+
+    def spinner() -> None:
+        time.sleep(0.001)
+        busy_until[0] = time.perf_counter() + 0.02
+
+    def model() -> None:
+        time.sleep(0.004 if time.perf_counter() < busy_until[0] else 0.001)
+
+    calls = {"spinner": spinner, "a": model, "b": model}
+    base = replace(FAST_BENCH, confirm_min_rounds=10, confirm_max_rounds=10, confirm_block_seconds=0.004)
+    fair = interleave(calls, dict.fromkeys(calls, 1), dict.fromkeys(calls, 1.0),
+                      replace(base, confirm_settle_seconds=0.03))
+    assert max(float(np.median(fair[k])) for k in "ab") < 1.8  # ms: the 1 ms model, not its slowed 4 ms
+    hurt = interleave(calls, dict.fromkeys(calls, 1), dict.fromkeys(calls, 1.0), base)
+    assert max(float(np.max(hurt[k])) for k in "ab") > 2.0  # without it, a block that follows pays
+
+
 def _result(backend: str, precision: Precision, p50: float, load_s: float = 0.1) -> CandidateResult:
     config = next(c for c in get_backend(backend).configs("cpu") if c.precision is precision)
     stats = LatencyStats(1, 10, p50, p50, p50, p50, 0.0, 1000 / p50)

@@ -43,7 +43,8 @@ KEEP_COMPILE = os.environ.get("INFERFORGE_ZOO_COMPILE") == "1"
 # Timing only has to run: one batch size, a couple of calls.
 ZOO_BENCH = BenchSettings(batch_sizes=(1,), warmup_runs=1, min_runs=2, max_runs=5, min_seconds=0.0,
                           max_seconds=0.2, sweep_min_runs=1, sweep_seconds=0.01, confirm_min_rounds=2,
-                          confirm_max_rounds=2, confirm_seconds=0.0, confirm_block_seconds=0.001)
+                          confirm_max_rounds=2, confirm_seconds=0.0, confirm_block_seconds=0.001,
+                          confirm_settle_seconds=0.0)
 FRESH_BATCHES = (1, 3)
 FRESH_SEEDS = (11, 12)  # one odd, one even: zoo.py's convention for reaching both sides of a branch
 # FP32 picks: what load() gives must match eager this closely (atol scales with the output's magnitude).

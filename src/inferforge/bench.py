@@ -10,6 +10,7 @@ queued work never spills into the next sample.
 
 from __future__ import annotations
 
+import random
 import statistics
 import threading
 import time
@@ -45,6 +46,12 @@ class BenchSettings:
     confirm_max_rounds: int = 60
     confirm_seconds: float = 12.0
     confirm_block_seconds: float = 0.04
+    # CPU only: an idle pause before each turn. A runtime's worker threads keep spinning for a while after
+    # its last call (ONNX Runtime's pool, OpenMP, TBB): on 2 cores the next candidate's block then runs
+    # beside them. Measured 2026-12-03 with four identical ONNX Runtime sessions timed in turns beside
+    # torch and OpenVINO: 0.76x..1.06x of each other without a pause, 0.98x..1.02x and the lone session's
+    # time with 60 ms (docs/benchmarks.md, "Timing in turns").
+    confirm_settle_seconds: float = 0.06
 
     def __post_init__(self) -> None:
         problems = [] if self.batch_sizes and min(self.batch_sizes) >= 1 else [
@@ -52,6 +59,8 @@ class BenchSettings:
         problems += [f"{name} is {getattr(self, name)}, it must be positive" for name in
                      ("min_runs", "max_runs", "max_seconds", "sweep_min_runs", "confirm_block_seconds")
                      if getattr(self, name) <= 0]
+        problems += [f"confirm_settle_seconds is {self.confirm_settle_seconds}, it must be 0 or more"] * (
+            self.confirm_settle_seconds < 0)
         if problems:
             raise SpecError("BenchSettings: " + "; ".join(problems))
 
@@ -189,16 +198,21 @@ class cycling_call:  # noqa: N801 - used like a function
 
 def interleave(calls: Mapping[K, Callable[[], Any]], units: Mapping[K, int], first_pass_ms: Mapping[K, float],
                settings: BenchSettings, device: str = "cpu") -> dict[K, np.ndarray]:
-    """Time several candidates in turns (A B C, B C A, C A B, ...) in one process window, so the machine's
-    drifts (another job, frequency, cache) hit all of them alike; a ranking from separate runs minutes
-    apart trusts any gap. Each turn is one untimed call (a runtime whose thread pool slept while the others
-    ran would pay for waking it, which a steady stream of calls does not), then a block of calls lasting
-    about ``settings.confirm_block_seconds`` (from ``first_pass_ms``); returns, per key, the ms per unit
-    (sample) of each round's block, rounds aligned across keys, so ratios can be taken round by round
-    (``ratio_interval``)."""
+    """Time several candidates in turns, in one process window, so the machine's drifts (another job,
+    frequency, cache) hit all of them alike; a ranking from separate runs minutes apart trusts any gap.
+
+    Each round visits every candidate once, in a fresh random order (seeded, so a run repeats): with a fixed
+    cycle each candidate always follows the same neighbour and inherits its leftovers. On CPU each turn
+    starts with an idle pause (``settings.confirm_settle_seconds``) so the previous runtime's spinning
+    threads park, then one untimed call (a runtime whose thread pool slept pays for waking it, which a
+    steady stream of calls does not), then a block of calls lasting about ``settings.confirm_block_seconds``
+    (from ``first_pass_ms``). Returns, per key, the ms per unit (sample) of each round's block, rounds
+    aligned across keys, so ratios can be taken round by round (``ratio_interval``)."""
     keys = list(calls)
     timers = {k: _cuda_timer(calls[k]) if device == "cuda" else _host_timer(calls[k]) for k in keys}
     block = {k: max(1, round(1e3 * settings.confirm_block_seconds / max(first_pass_ms[k], 1e-3))) for k in keys}
+    settle = settings.confirm_settle_seconds if device != "cuda" else 0.0
+    order = random.Random(len(keys))
     for k in keys:  # warm-up round: every feed of every candidate once more
         for _ in range(block[k]):
             timers[k]()
@@ -206,8 +220,9 @@ def interleave(calls: Mapping[K, Callable[[], Any]], units: Mapping[K, int], fir
     started = time.perf_counter()
     rounds = 0
     while rounds < settings.confirm_max_rounds:
-        for j in range(len(keys)):
-            key = keys[(rounds + j) % len(keys)]
+        for key in order.sample(keys, len(keys)):
+            if settle:
+                time.sleep(settle)
             calls[key]()  # untimed: the runtime's threads and caches wake after the others ran
             spent = sum(timers[key]() for _ in range(block[key]))
             times[key].append(spent / (block[key] * units[key]))
