@@ -232,7 +232,7 @@ def inferforge_pick(work: Workload, precisions: tuple[str, ...], threads: int, o
         raise RuntimeError(f"{work.name}: no inferforge candidate passed for precisions {precisions or 'all'}")
     runner = inferforge.load(out)  # as a user deploys it: the threads the package's tuning chose
     key = runner.selection.key  # type: ignore[attr-defined]
-    return Peer(runner, f"{key}; search {search_s:.0f} s")  # numpy in, numpy out, as the peers
+    return Peer(runner, f"{key}, {runner.threads()} threads; search {search_s:.0f} s")  # numpy in, numpy out
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------------

@@ -78,9 +78,16 @@ def test_tuning_leaves_the_callers_torch_threads_as_they_were() -> None:
 def test_a_tie_at_batch_1_keeps_the_most_threads_and_a_real_gain_keeps_fewer() -> None:
     base = np.ones(20)
     wobble = np.tile([0.98, 1.03], 10)  # round-to-round noise of +-3%: no gap can be told from none
-    assert threads_from_rounds({1: base * wobble, 2: base}) == 2
-    assert threads_from_rounds({1: base, 2: base * wobble}) == 2  # 2 threads a hair slower: still a tie
+    assert threads_from_rounds({1: {1: base * wobble, 2: base}}) == 2
+    assert threads_from_rounds({1: {1: base, 2: base * wobble}}) == 2  # 2 threads a hair slower: still a tie
     one_is_faster = {1: base, 2: base * 1.3}  # e.g. a busy machine stalling the second thread
-    assert threads_from_rounds(one_is_faster) == 1
+    assert threads_from_rounds({1: one_is_faster, 16: one_is_faster}) == 1
     two_is_faster = {1: base * 1.6, 2: base}
-    assert threads_from_rounds(two_is_faster) == 2
+    assert threads_from_rounds({1: two_is_faster}) == 2
+
+
+def test_threads_are_chosen_for_every_batch_not_only_batch_1() -> None:
+    """One thread 8% faster at batch 1 but 50% slower at batch 16 (a small CNN): two threads lose least."""
+    base = np.ones(20)
+    assert threads_from_rounds({1: {1: base, 2: base * 1.08}, 16: {1: base * 1.5, 2: base}}) == 2
+    assert threads_from_rounds({1: {1: base, 2: base * 1.5}, 16: {1: base * 1.08, 2: base}}) == 1

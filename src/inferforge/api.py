@@ -119,12 +119,14 @@ def _calibration(ref: str | Dataset | None, pipeline: str | None, source: ModelS
 
 
 def _tune(search: SearchResult, source: ModelSource, dataset: Dataset) -> Tuning:
-    """Threads and instances for the picked artifact, measured at its best-throughput batch size."""
+    """Threads and instances for the picked artifact: the latency threads judged at batch 1 and the smallest
+    larger batch the search timed, the instances at its best-throughput batch size."""
     from inferforge.backends import get_backend
 
     best = search.best
     assert best is not None and best.artifact is not None and best.bench is not None
     backend = get_backend(best.config.backend)
     artifact = best.artifact
+    batched = [b for b in search.options.bench.batch_sizes if b > 1]
     return tune(lambda threads: backend.load(artifact, source.spec, threads), feeds_for(search.traffic, dataset),
-                search.options.threads, best.bench.best.batch_size)
+                search.options.threads, best.bench.best.batch_size, latency_batches=(1, *batched[:1]))

@@ -54,14 +54,16 @@ def thread_counts(cores: int) -> list[int]:
 
 
 def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str, np.ndarray]]], cores: int,
-         throughput_batch: int, settings: TuningSettings = TuningSettings()) -> Tuning:
-    """Measure ``load(threads)`` runners: p50 at batch 1 per thread count, then samples/s for each split
-    of the cores into instances x threads (instances call one shared runner from parallel threads).
+         throughput_batch: int, settings: TuningSettings = TuningSettings(),
+         latency_batches: Sequence[int] = (1,)) -> Tuning:
+    """Measure ``load(threads)`` runners: per thread count, the p50 at each of ``latency_batches`` (batch 1
+    and a batch the user's calls may bring), then samples/s for each split of the cores into instances x
+    threads (instances call one shared runner from parallel threads).
     ``feeds(batch)``: the inputs the search's objective was timed on (traffic.feeds_for)."""
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     try:
-        latency_threads, latency = _latency_threads(load, feeds(1), cores, settings)
+        latency_threads, latency = _latency_threads(load, feeds, sorted({1, *latency_batches}), cores, settings)
         throughput: dict[str, float] = {}
         best = (0.0, 1, cores)
         for threads in thread_counts(cores):
@@ -77,32 +79,47 @@ def tune(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str
     return Tuning(latency_threads, latency, best[1], best[2], throughput_batch, throughput)
 
 
-def _latency_threads(load: Callable[[int], Runner], feeds: Sequence[dict[str, np.ndarray]], cores: int,
-                     settings: TuningSettings) -> tuple[int, dict[int, float]]:
-    """The thread count for ``load`` (``threads_from_rounds`` on the counts timed in turns), and each count's
-    p50 at batch 1. The counts are timed in turns (bench.interleave), each call under its own thread count
+def _latency_threads(load: Callable[[int], Runner], feeds: Callable[[int], Sequence[dict[str, np.ndarray]]],
+                     batches: Sequence[int], cores: int, settings: TuningSettings) -> tuple[int, dict[int, float]]:
+    """The thread count for ``load`` (``threads_from_rounds``), and each count's p50 at batch 1. Every
+    (thread count, batch) pair is timed in turns (bench.interleave), each call under its own thread count
     (torch's is per process): measured one after the other, a noisy moment decides."""
     runners = {threads: load(threads) for threads in thread_counts(cores)}
-    calls = {threads: _under_threads(threads, cycling_call(runner, feeds)) for threads, runner in runners.items()}
-    first = {threads: one_call_ms(call) for threads, call in calls.items()}
+    calls = {(threads, batch): _under_threads(threads, cycling_call(runner, feeds(batch)))
+             for threads, runner in runners.items() for batch in batches}
+    first = {key: one_call_ms(call) for key, call in calls.items()}
     rounds = BenchSettings(confirm_min_rounds=8, confirm_max_rounds=40,
                            confirm_seconds=settings.latency_seconds * len(calls), confirm_block_seconds=0.03)
     times = interleave(calls, dict.fromkeys(calls, 1), first, rounds)
-    return threads_from_rounds(times), {threads: float(np.median(t)) for threads, t in times.items()}
+    by_batch = {batch: {threads: times[(threads, batch)] for threads in runners} for batch in batches}
+    return threads_from_rounds(by_batch), {threads: float(np.median(t)) for threads, t in by_batch[batches[0]].items()}
 
 
-def threads_from_rounds(times: Mapping[int, np.ndarray]) -> int:
-    """The most threads tied with the fastest count at batch 1 (bench.is_tie on the round-by-round ratio).
+def threads_from_rounds(times: Mapping[int, Mapping[int, np.ndarray]]) -> int:
+    """The thread count ``load`` keeps, from rounds timed in turns per batch size, then per thread count.
 
-    A tie at batch 1 costs nothing there, and ``load`` serves every batch size with these threads: a larger
-    batch gains from the extra ones (docs/benchmarks.md, cpu_peers run 2: the digits CNN's pick ran batch 16
-    at 0.59 ms, the same runtime on its default two threads at 0.41 ms).
-    Fewer threads win only where they are measurably faster, as on a machine whose other work stalls a
-    thread at the pool's barrier."""
-    p50 = {threads: float(np.median(t)) for threads, t in times.items()}
-    fastest = min(p50, key=p50.__getitem__)
-    tied = [t for t in sorted(times) if is_tie(*ratio_interval(times[t], times[fastest])[1:])]
-    return max(tied, default=fastest)
+    The most threads tied with the fastest count at every batch (bench.is_tie on the round-by-round
+    ratio): a tie costs nothing, and a larger batch gains from the extra threads. Where no count ties
+    everywhere (one thread measurably faster at batch 1, two at batch 16), the count whose worst slowdown
+    over the batches is least: ``load`` serves every batch size with one count, and a small loss at one
+    batch beats a large one at another (cpu_peers, 2026-12-03: the digits CNN's FP32 pick ran batch 16 at
+    0.60 ms where the same runtime on two threads ran 0.39 ms). Fewer threads win where they are faster
+    at every batch, as on a machine whose other work stalls a thread at the pool's barrier."""
+    slowdown: dict[int, list[float]] = {}
+    tied_everywhere: set[int] | None = None
+    for rounds in times.values():
+        p50 = {threads: float(np.median(t)) for threads, t in rounds.items()}
+        fastest = min(p50, key=p50.__getitem__)
+        tied = set()
+        for threads, t in rounds.items():
+            ratio, low, high = ratio_interval(t, rounds[fastest])
+            slowdown.setdefault(threads, []).append(ratio)
+            if threads == fastest or is_tie(low, high):
+                tied.add(threads)
+        tied_everywhere = tied if tied_everywhere is None else tied_everywhere & tied
+    if tied_everywhere:
+        return max(tied_everywhere)
+    return min(slowdown, key=lambda threads: (max(slowdown[threads]), -threads))
 
 
 def _under_threads(threads: int, call: Callable[[], Any]) -> Callable[[], Any]:
