@@ -12,6 +12,11 @@ becomes raw output contents (what ``InferResult.as_numpy`` reads). Readiness, mo
 inference and its metrics are the operations of ``endpoints.V2Endpoints``, shared with the
 HTTP front ends; every failure goes through ``endpoints.failure`` (inputs that do not fit the
 model: INVALID_ARGUMENT), and its HTTP status maps onto the gRPC code a client expects.
+
+Triton's extensions are served too (model configuration, statistics, the model repository), so an
+unmodified ``tritonclient.grpc`` discovers, describes, configures and reads statistics. What a client
+sent can never answer INTERNAL: a body that does not parse, or tensors numpy cannot build from the
+declared shape, are the client's (INVALID_ARGUMENT); INTERNAL is left for the model failing.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc  # absolute import: the grpc package, not this module
 import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from inferforge.errors import InferforgeError, ProtocolError, one_line
 from inferforge.serve import kserve_v2_pb2
@@ -40,6 +47,9 @@ from inferforge.serve.protocol import (
     server_metadata_json,
     tensor_header,
 )
+
+if TYPE_CHECKING:
+    from inferforge.serve.repository import ModelRepository
 
 log = logging.getLogger("inferforge.serve")
 # The generated module defines its message classes at import time, where mypy cannot see them.
@@ -61,9 +71,15 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-# Who may call each RPC, enforced once by ``_AuthInterceptor`` (health stays open, as over HTTP).
+# Every RPC served, and who may call it, enforced once by ``_AuthInterceptor``. Health stays open, as
+# over HTTP; the read-only Triton extensions (config, statistics, the repository index) take the
+# inference token, as Triton's do, so a default server lets tritonclient discover its models; load
+# and unload change what serves and need the admin token. Each RPC's request is ``pb.<Name>Request``
+# and its handler the ``_Servicer`` method of the same name in snake case.
 METHOD_ACCESS = {"ServerLive": Access.PUBLIC, "ServerReady": Access.PUBLIC, "ModelReady": Access.TOKEN,
-                 "ServerMetadata": Access.TOKEN, "ModelMetadata": Access.TOKEN, "ModelInfer": Access.TOKEN}
+                 "ServerMetadata": Access.TOKEN, "ModelMetadata": Access.TOKEN, "ModelInfer": Access.TOKEN,
+                 "ModelConfig": Access.TOKEN, "ModelStatistics": Access.TOKEN, "RepositoryIndex": Access.TOKEN,
+                 "RepositoryModelLoad": Access.ADMIN, "RepositoryModelUnload": Access.ADMIN}
 
 
 def build_grpc_server(endpoints: V2Endpoints, auth: Auth, host: str, port: int,
@@ -82,14 +98,8 @@ def build_grpc_server(endpoints: V2Endpoints, auth: Auth, host: str, port: int,
                                       ("grpc.max_send_message_length", max_message_bytes),
                                       ("grpc.so_reuseport", 0)])
     servicer = _Servicer(endpoints)
-    handlers = {
-        "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest),
-        "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest),
-        "ModelReady": _unary(servicer.model_ready, pb.ModelReadyRequest),
-        "ServerMetadata": _unary(servicer.server_metadata, pb.ServerMetadataRequest),
-        "ModelMetadata": _unary(servicer.model_metadata, pb.ModelMetadataRequest),
-        "ModelInfer": _unary(servicer.model_infer, pb.ModelInferRequest),
-    }
+    handlers = {name: _unary(getattr(servicer, _snake_case(name)), getattr(pb, name + "Request"))
+                for name in METHOD_ACCESS}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
@@ -123,23 +133,35 @@ def _refusal(error: ProtocolError) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def _unary(method: Handler, request_type: Any) -> grpc.RpcMethodHandler:
-    """One RPC: run it, turn failures into status codes through ``endpoints.failure``.
+def _snake_case(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
-    Clients get one line and a code, never a traceback; the traceback of an unexpected
-    failure goes to the server log.
+
+def _unary(method: Handler, request_type: Any) -> grpc.RpcMethodHandler:
+    """One RPC: parse, run, turn failures into status codes through ``endpoints.failure``.
+
+    The body is parsed here rather than by gRPC, whose deserializer failures answer INTERNAL:
+    bytes that are not the request message are the client's mistake. Clients get one line and a
+    code, never a traceback; the traceback of an unexpected failure goes to the server log.
     """
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await method(request, context)
+            return await method(_parse(request_type, body), context)
         except Exception as exc:
             error = failure(exc)
             if error is not exc and error.status >= 500:
                 log.exception("gRPC %s failed", getattr(method, "__name__", "call"))
             await _abort(context, error)
 
-    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=request_type.FromString,
-                                               response_serializer=lambda message: message.SerializeToString())
+    return grpc.unary_unary_rpc_method_handler(handle, response_serializer=lambda message: message.SerializeToString())
+
+
+def _parse(request_type: Any, body: bytes) -> Any:
+    try:
+        return request_type.FromString(body)
+    except DecodeError as exc:
+        raise ProtocolError(f"the request is not a valid {request_type.DESCRIPTOR.name} message: "
+                            f"{one_line(exc)}") from None
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ProtocolError) -> None:
@@ -160,7 +182,7 @@ def _header(metadata: Any, key: str) -> str | None:
 
 
 class _Servicer:
-    """The six RPCs over the shared endpoints; each returns a response message or raises."""
+    """The RPCs of ``METHOD_ACCESS`` over the shared endpoints; each returns a response message or raises."""
 
     def __init__(self, endpoints: V2Endpoints) -> None:
         self.endpoints = endpoints
@@ -195,6 +217,43 @@ class _Servicer:
 
         return await self.endpoints.infer(request.model_name, request.model_version, "grpc", decode, _encode)
 
+    async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        config = self.endpoints.model(request.name, request.version).config_json()
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    async def model_statistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One model's statistics, or every serving model's when the request names none (as Triton)."""
+        if request.name:
+            models = [self.endpoints.model(request.name, request.version)]
+        else:
+            models = list(self.endpoints.models.serving.values())
+        return pb.ModelStatisticsResponse(model_stats=[
+            json_format.ParseDict(m.stats.to_json(m.name, m.version), pb.ModelStatistics()) for m in models])
+
+    async def repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        entries = [e for e in self._repository().index_json() if not request.ready or e["state"] == "READY"]
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
+
+    async def repository_model_load(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.parameters:
+            raise ProtocolError(f"load parameters ({', '.join(sorted(request.parameters))}) are not supported: "
+                                "install the package as a version folder of the repository, then load the model")
+        await self._repository().load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # ``unload_dependents`` (tritonclient always sends it) means nothing here: no model depends on another.
+        unknown = sorted(set(request.parameters) - {"unload_dependents"})
+        if unknown:
+            raise ProtocolError(f"unload parameters {', '.join(unknown)} are not supported; only unload_dependents")
+        await self._repository().unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _repository(self) -> ModelRepository:
+        if self.endpoints.repository is None:
+            raise ProtocolError("this server has no model repository API", 404)
+        return self.endpoints.repository
+
 
 def _encode(infer_request: InferRequest, result: InferResponse) -> Any:
     """Outputs always raw (what ``InferResult.as_numpy`` reads), in the order the request asked for."""
@@ -221,13 +280,17 @@ def decode_infer_request(message: Any) -> InferRequest:
                                                 "datatype": tensor.datatype})
         if name in inputs:
             raise ProtocolError(f"input {name!r} appears more than once in the request")
-        if raw:
-            if tensor.HasField("contents"):
-                raise ProtocolError(f"input {name!r} has contents while raw_input_contents is used: "
-                                    "send every input one way")
-            inputs[name] = array_from_raw(name, raw[index], shape, datatype)
-        else:
-            inputs[name] = _array_from_contents(name, tensor.contents, shape, datatype)
+        if raw and tensor.HasField("contents"):
+            raise ProtocolError(f"input {name!r} has contents while raw_input_contents is used: "
+                                "send every input one way")
+        try:
+            if raw:
+                inputs[name] = array_from_raw(name, raw[index], shape, datatype)
+            else:
+                inputs[name] = _array_from_contents(name, tensor.contents, shape, datatype)
+        except (ValueError, OverflowError) as exc:  # numpy refusing the declared shape, e.g. [0, 2**62]
+            raise ProtocolError(f"input {name!r}: no {datatype} tensor of shape {list(shape)} can be built: "
+                                f"{one_line(exc)}") from None
     outputs = tuple(RequestedOutput(o.name, binary=True) for o in message.outputs) or None
     return InferRequest(inputs, message.id, outputs, _parameters(message.parameters),
                         binary_outputs_by_default=True)
@@ -260,7 +323,8 @@ def _array_from_contents(name: str, contents: Any, shape: tuple[int, ...], datat
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:
-    """A protobuf ``map<string, InferParameter>`` as plain values (``timeout`` stays in microseconds)."""
+    """A protobuf ``map<string, InferParameter>`` as plain values (``timeout`` stays in microseconds;
+    ``InferRequest.timeout_s`` judges its value, for both transports)."""
     plain: dict[str, Any] = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
