@@ -68,17 +68,57 @@ def test_new_version_under_traffic_switches_with_no_failed_request(repo: Path, m
         wait_until(lambda: (gc.collect(), old() is None)[1], what="version 1 released (no leak)")
 
 
+def _break(version: Path) -> Path:
+    for artifact in (p for p in (version / "artifacts").rglob("*") if p.is_file()):
+        artifact.write_bytes(b"truncated")  # every artifact: no fallback may rescue the version
+    return version
+
+
+def _repair(package: Path, version: Path) -> None:
+    """Rewrite the version's files in place (fresh mtimes, as an editor or a deploy would)."""
+    shutil.copytree(package, version, dirs_exist_ok=True, copy_function=shutil.copy)
+
+
 def test_a_broken_new_version_leaves_the_old_one_serving(repo: Path, mlp_package: Path) -> None:
     with serving(repo) as server:
-        broken = _install(mlp_package, repo, 2)
-        for artifact in (p for p in (broken / "artifacts").rglob("*") if p.is_file()):
-            artifact.write_bytes(b"truncated")  # every artifact: no fallback may rescue version 2
+        _break(_install(mlp_package, repo, 2))
         server.call(server.server.repository.poll())
         status, _, payload = request(server, "POST", "/v2/models/mlp/infer", infer_json(np.ones((1, 16), np.float32)))
         assert status == 200 and json.loads(payload)["model_version"] == "1"
         states = {e["version"]: e for e in server.server.repository.index_json()}
         assert states["1"]["state"] == "READY"
         assert states["2"]["state"] == "UNAVAILABLE" and "checksum" in states["2"]["reason"]
+
+
+def test_a_repaired_version_loads_whatever_newer_broken_versions_exist(tmp_path: Path, mlp_package: Path) -> None:
+    """Issue 17: with v2 serving and v4 broken, repairing v3 in place loaded nothing until v4 was removed.
+    A failed version is retried when its files change, and only then; the newest that loads serves."""
+    repo = tmp_path / "repo"
+    _install(mlp_package, repo, 2)
+    with serving(repo) as server:
+        repository = server.server.repository
+        tried: list[str] = []
+        report = repository.on_change
+        repository.on_change = lambda state: (tried.append(state.version) if state.state == "LOADING" else None,
+                                              report(state))[1]
+        _break(_install(mlp_package, repo, 3))
+        _break(_install(mlp_package, repo, 4))
+        server.call(repository.poll())
+        assert repository.serving["mlp"].version == "2" and tried == ["4", "3"]
+
+        _repair(mlp_package, repo / "mlp" / "3")
+        server.call(repository.poll())
+        assert repository.serving["mlp"].version == "3"
+        assert tried == ["4", "3", "3"], "v4's files did not change: it must not be retried"
+        server.call(repository.poll())  # nothing changed: nothing is tried again
+        assert tried == ["4", "3", "3"]
+
+        _repair(mlp_package, repo / "mlp" / "4")
+        server.call(repository.poll())
+        status, _, payload = request(server, "POST", "/v2/models/mlp/infer", infer_json(np.ones((1, 16), np.float32)))
+        assert status == 200 and json.loads(payload)["model_version"] == "4"
+        states = {e["version"]: e["state"] for e in repository.index_json()}
+        assert states == {"2": "UNAVAILABLE", "3": "UNAVAILABLE", "4": "READY"}
 
 
 def test_polling_picks_up_a_new_version_by_itself(repo: Path, mlp_package: Path) -> None:

@@ -2,7 +2,8 @@
 
 Layout, as Triton lays it out: ``REPO/<model>/<version>/`` where each numbered version
 folder holds an inferforge package. A single package folder also works (one model,
-version 1). The newest version that loads is served (Triton's default "latest 1" policy).
+version 1). The newest version that loads is served (Triton's default "latest 1" policy); a
+version that fails to load is retried when its files change (``_sync_model``).
 
 Reload without downtime (Triton #2076 unloads before it loads): a new or changed
 version is opened beside the one serving, verified (checksums) and warmed up, and only
@@ -38,6 +39,7 @@ class VersionState:
     fingerprint: str = ""
     state: str = "UNAVAILABLE"  # LOADING, READY, UNAVAILABLE
     reason: str = ""
+    failed: bool = False  # the files of ``fingerprint`` failed to load: retried only once they change
 
     def to_json(self) -> dict[str, Any]:
         data = {"name": self.name, "version": self.version, "state": self.state}
@@ -157,24 +159,32 @@ class ModelRepository:
                 await self._retire(model)
 
     async def _sync_model(self, name: str, versions: dict[str, Path], force: bool = False) -> None:
-        """Open the newest version whose folder changed; fall back to older ones only if nothing serves."""
+        """Serve the newest version that loads: try versions newest first, down to the one serving.
+
+        A version that failed to load is skipped while its files stay as they were, and retried
+        as soon as they change, whatever newer broken versions exist: a broken v4 never hides a
+        repaired v3 (``force``, the load API, retries every version). Reaching the serving version
+        unchanged ends the walk; when the serving version's folder is gone, older ones may replace it.
+        """
         current = self.serving.get(name)
+        floor = int(current.version) if current is not None and current.version in versions else None
         for version in sorted(versions, key=int, reverse=True):
+            if floor is not None and int(version) < floor:
+                break  # the version serving is the newest that loads
             path = versions[version]
             fingerprint = await asyncio.to_thread(folder_fingerprint, path)
             state = self.index.setdefault((name, version), VersionState(name, version, path))
-            if current is not None and int(version) < int(current.version):
-                break  # a newer version already serves
-            if state.fingerprint == fingerprint and not force:
-                if state.state == "READY" or current is not None:
-                    break
-                continue  # failed before and unchanged: try an older version
-            state.fingerprint, state.state, state.reason = fingerprint, "LOADING", ""
+            unchanged = state.fingerprint == fingerprint and not force
+            if unchanged and current is not None and version == current.version:
+                break
+            if unchanged and state.failed:
+                continue  # failed with exactly these files: an older version may load
+            state.fingerprint, state.state, state.reason, state.failed = fingerprint, "LOADING", "", False
             self.on_change(state)
             try:
                 model = await asyncio.to_thread(ServedModel.open, name, version, path, self.options)
             except Exception as exc:
-                state.state, state.reason = "UNAVAILABLE", one_line(exc, 500)
+                state.state, state.reason, state.failed = "UNAVAILABLE", one_line(exc, 500), True
                 log.warning(f"model {name} version {version} failed to load; "
                             f"{'still serving version ' + current.version if current else 'nothing serves it'}: "
                             f"{state.reason}")
