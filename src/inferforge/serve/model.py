@@ -160,7 +160,7 @@ class ServedModel:
         compute_ns = int(timing.compute_s * 1e9)
         s.execution_count += 1
         s.compute_infer[0] += timing.requests
-        s.compute_infer[1] += compute_ns
+        s.compute_infer[1] += compute_ns * timing.requests  # per request, as Triton's: each waited the whole batch
         s.queue[0] += timing.requests
         s.queue[1] += int(sum(timing.queue_s) * 1e9)
         entry = s.batch_stats.setdefault(timing.rows, [0, 0])
