@@ -320,8 +320,11 @@ def _fake_package(folder: Path) -> Path:
         entries.append({"rank": rank, "key": key, "path": f"artifacts/{key}",
                         "sha256": {"model.bin": file_sha256(folder / "artifacts" / key / "model.bin")},
                         "bench": {"latency": {"p50_ms": 0.5 + rank}}})
+    entries[0] |= {"why": "the pick for latency (0.5 ms at batch 1)", "requires": {"package:onnxruntime": ">=1.17"},
+                   "size_bytes": 2_500_000, "accuracy": {"decided_by": "cosine similarity", "cosine": 0.99871}}
     manifest = {"format_version": 1, "model": "mlp", "chosen": entries[0]["key"], "objective": "latency",
-                "artifacts": entries, "spec": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["B", 16]}]}}
+                "artifacts": entries, "spec": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["B", 16]}],
+                                               "outputs": [{"name": "y", "dtype": "float32", "shape": ["B", 4]}]}}
     (folder / "inferforge.json").write_text(json.dumps(manifest))
     return folder
 
@@ -331,12 +334,15 @@ def test_info_verifies_every_artifact_and_says_which_are_intact(tmp_path: Path,
     package = _fake_package(tmp_path / "mlp.inferforge")
     assert main(["info", str(package)]) == 0
     out = capsys.readouterr().out
-    assert "#0 onnxruntime-fp32: p50 0.50 ms  [intact]" in out and "#1 eager-fp32: p50 1.50 ms  [intact]" in out
+    assert ("#0 onnxruntime-fp32: p50 0.5 ms at batch 1, cosine 0.9987 vs FP32, 2.5 MB  [intact]" in out
+            and "#1 eager-fp32: p50 1.5 ms at batch 1  [intact]" in out)
+    assert "why: the pick for latency (0.5 ms at batch 1)" in out and "needs: onnxruntime >=1.17" in out
+    assert "inputs:  x: float32[B,16]" in out and "outputs: y: float32[B,4]" in out and "adapter: none" in out
     (package / "artifacts" / "eager-fp32" / "model.bin").write_bytes(b"tampered")
     assert main(["info", str(package)]) == 2
     captured = capsys.readouterr()
-    assert "#0 onnxruntime-fp32: p50 0.50 ms  [intact]" in captured.out
-    assert "#1 eager-fp32: p50 1.50 ms  [DAMAGED: artifacts/eager-fp32/model.bin does not match its checksum]" \
+    assert "#0 onnxruntime-fp32: p50 0.5 ms at batch 1, cosine 0.9987 vs FP32, 2.5 MB  [intact]" in captured.out
+    assert "#1 eager-fp32: p50 1.5 ms at batch 1  [DAMAGED: artifacts/eager-fp32/model.bin does not match its checksum]" \
         in captured.out
     assert captured.err.strip() == (f"error: 1 of 2 artifacts in {package} do not match their checksums "
                                     "(eager-fp32): rebuild the package or copy it again")

@@ -13,7 +13,7 @@ from conftest import FP32_EXACT, fast_options
 import inferforge
 from inferforge.backends.onnxruntime import OnnxRuntimeBackend
 from inferforge.candidate import Status
-from inferforge.errors import PackageError
+from inferforge.errors import PackageError, SpecError
 from inferforge.manifest import MANIFEST
 from inferforge.options import Objective
 from inferforge.validate import DecidingFigure
@@ -70,6 +70,22 @@ def test_load_returns_the_models_outputs(packaged: tuple) -> None:
     with torch.inference_mode():
         want = result.source.module(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(runner({"x": x})["output"], want, atol=1e-5)
+
+
+def test_a_loaded_runner_explains_itself_and_takes_a_one_input_model_positionally(packaged: tuple) -> None:
+    result, out = packaged
+    runner = inferforge.load(out)
+    assert runner.selection.why.startswith("the pick for latency (") and "ms at batch 1" in runner.selection.why
+    assert str(runner.selection).startswith(f"{result.best.key} (rank 0): the pick")
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert all(entry["why"] for entry in manifest["artifacts"])
+    assert any(entry["why"].startswith(("fallback", "portable", "what `inferforge export")) for entry in manifest["artifacts"][1:])
+    text = repr(runner)
+    assert result.best.key in text and "x: float32[" in text and "threads" in text and "->" in text
+    x = np.random.default_rng(3).standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_array_equal(runner(x)["output"], runner({"x": x})["output"])
+    with pytest.raises(SpecError, match=r"takes 1 input\(s\) \(x\); 2 were passed"):
+        runner(x, x)
 
 
 def test_load_refuses_a_modified_artifact(packaged: tuple, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from inferforge.manifest import (
     tuned_threads,
     verify_checksums,
 )
+from inferforge.options import Objective
 from inferforge.search import SearchResult
 from inferforge.types import ModelSpec, Precision
 
@@ -47,38 +48,53 @@ def check_fallbacks(fallbacks: int) -> None:
         raise SpecError(f"fallbacks must be 0 or more (passed candidates packaged after the best), got {fallbacks}")
 
 
-def choose_packaged(result: SearchResult, fallbacks: int) -> list[CandidateResult]:
+def choose_packaged(result: SearchResult, fallbacks: int) -> list[tuple[CandidateResult, str]]:
     """The best candidate and up to ``fallbacks`` more passed ones, one per backend, then whatever the package
     still lacks of: a portable CPU FP32 artifact (no compiled code, no GPU; one that loads without running
     the user's code where one passed), and an artifact for each format ``inferforge export`` writes (one in
-    that format, else a torch.export program it converts)."""
-    chosen: list[CandidateResult] = []
+    that format, else a torch.export program it converts). Each with why it is packaged (the manifest's
+    ``why``, shown by ``info`` and ``runner.selection``)."""
+    chosen: list[tuple[CandidateResult, str]] = []
     for candidate in result.passed:
         if len(chosen) > fallbacks:
             break
         if all((c.config.backend, c.config.device) != (candidate.config.backend, candidate.config.device)
-               for c in chosen):
-            chosen.append(candidate)
+               for c, _ in chosen):
+            chosen.append((candidate, _pick_reason(result, candidate) if not chosen else
+                           f"fallback: the best passing {candidate.config.backend} candidate on {candidate.config.device}"))
     if not chosen:
         return chosen
 
-    def add_first(wanted: Callable[[CandidateResult], bool]) -> None:
+    def has(wanted: Callable[[CandidateResult], bool]) -> bool:
+        return any(wanted(c) for c, _ in chosen)
+
+    def add_first(wanted: Callable[[CandidateResult], bool], why: str) -> None:
         found = next((c for c in result.passed if wanted(c)), None)
-        if found is not None and found not in chosen:
-            chosen.append(found)
+        if found is not None and not has(lambda c: c is found):
+            chosen.append((found, why))
 
     # The export formats first: their artifacts (TorchScript, ONNX) are often the portable fallback too.
     formats = export_formats()
     for fmt in formats:
-        if not any(_gives(c, fmt) for c in chosen):
-            add_first(partial(_gives, fmt=fmt))
-    if not all(any(_gives(c, fmt) or _keeps_program(c) for c in chosen) for fmt in formats):
-        add_first(_keeps_program)
-    if not any(_portable(c) and not _runs_user_code(c) for c in chosen):
-        add_first(lambda c: _portable(c) and not _runs_user_code(c))
-    if not any(_portable(c) for c in chosen):
-        add_first(_portable)
+        if not has(partial(_gives, fmt=fmt)):
+            add_first(partial(_gives, fmt=fmt), f"what `inferforge export --format {fmt}` copies")
+    if not all(has(partial(_gives, fmt=fmt)) or has(_keeps_program) for fmt in formats):
+        add_first(_keeps_program, "a torch.export program `inferforge export` converts")
+    if not has(lambda c: _portable(c) and not _runs_user_code(c)):
+        add_first(lambda c: _portable(c) and not _runs_user_code(c),
+                  "portable: CPU FP32, no compiled code, runs no user code")
+    if not has(_portable):
+        add_first(_portable, "portable: CPU FP32, no compiled code")
     return chosen
+
+
+def _pick_reason(result: SearchResult, pick: CandidateResult) -> str:
+    """The search's own words on the pick: its objective figure and the ranking notes that name it."""
+    said = [n for n in result.notes if pick.key in n]
+    figure = (f"{pick.bench.latency.p50_ms:.3g} ms at batch {pick.bench.latency.batch_size}"
+              if pick.bench is not None and result.options.objective is Objective.LATENCY else
+              f"{pick.bench.best_throughput:.4g} samples/s" if pick.bench is not None else "")
+    return "; ".join([f"the pick for {result.options.objective.value}" + (f" ({figure})" if figure else ""), *said])
 
 
 def _portable(candidate: CandidateResult) -> bool:
@@ -123,12 +139,12 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         entries = []
-        for rank, candidate in enumerate(chosen):
+        for rank, (candidate, why) in enumerate(chosen):
             assert candidate.artifact is not None
             rel_dir = f"{ARTIFACTS}/{candidate.key}"
             shutil.copytree(candidate.artifact.directory, staging / rel_dir)
             entries.append({
-                "rank": rank, "key": candidate.key, "path": rel_dir, **candidate.artifact.to_json(),
+                "rank": rank, "key": candidate.key, "path": rel_dir, "why": why, **candidate.artifact.to_json(),
                 "sha256": {f: file_sha256(staging / rel_dir / f) for f in candidate.artifact.files},
                 "accuracy": candidate.accuracy.to_json() if candidate.accuracy else None,
                 "bench": candidate.bench.to_json() if candidate.bench else None,
@@ -183,6 +199,12 @@ class Selection:
     key: str
     rank: int
     passed_over: tuple[str, ...] = field(default_factory=tuple)
+    why: str = ""  # why the search packaged this artifact (the manifest's "why")
+
+    def __str__(self) -> str:
+        lines = [f"{self.key} (rank {self.rank})" + (f": {self.why}" if self.why else "")]
+        lines += [f"  passed over {reason}" for reason in self.passed_over]
+        return "\n".join(lines)
 
 
 TRUST_SOURCE_ENV = "INFERFORGE_TRUST_SOURCE"  # "1": trust_source for every load in this process and its children
@@ -230,7 +252,7 @@ def load(path: str | Path, *, threads: int | None = None, artifact: str | None =
         except Exception as exc:
             passed_over.append(f"{entry['key']}: loading failed: {one_line(exc)}")
             continue
-        runner.selection = Selection(entry["key"], entry["rank"], tuple(passed_over))  # type: ignore[attr-defined]
+        runner.selection = Selection(entry["key"], entry["rank"], tuple(passed_over), entry.get("why", ""))  # type: ignore[attr-defined]
         if passed_over:
             warnings.warn(f"inferforge: loaded {entry['key']} (rank {entry['rank']}) from {package}; passed over: "
                           + " | ".join(passed_over), stacklevel=2)

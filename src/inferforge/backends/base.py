@@ -177,7 +177,13 @@ class Runner(ABC):
     def outputs(self) -> Sequence[Any]:
         return self.spec.outputs
 
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, inputs: Mapping[str, Any] | Any, *more: Any) -> dict[str, Any]:
+        """Run once: ``runner({"ids": ..., "mask": ...})``, or the inputs positionally in the spec's order
+        (``runner(images)`` for a one-input model). numpy in, numpy out; torch in, torch out."""
+        if not isinstance(inputs, Mapping):
+            inputs = self._named((inputs, *more))
+        elif more:
+            raise SpecError("pass the inputs either as one mapping of name -> array or positionally, not both")
         ready = self.fitting_numpy(inputs) if self.native == "numpy" else None
         if ready is not None:  # numpy in, numpy runner, every input already as the spec says
             outputs = self.run_native(ready)
@@ -188,6 +194,21 @@ class Runner(ABC):
         as_torch = any(type(v).__module__.startswith("torch") for v in inputs.values())
         outputs = self.run_native(self.to_native(inputs))
         return {s.name: convert(o, "torch" if as_torch else "numpy") for s, o in zip(self.spec.outputs, outputs, strict=True)}
+
+    def _named(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        names = [s.name for s in self.spec.inputs]
+        if len(values) != len(names):
+            raise SpecError(f"the model takes {len(names)} input(s) ({', '.join(names)}); {len(values)} were passed "
+                            "positionally. Pass them in this order, or as a mapping of name -> array")
+        return dict(zip(names, values, strict=True))
+
+    def __repr__(self) -> str:
+        def shapes(specs: Sequence[Any]) -> str:
+            return ", ".join(f"{s.name}: {s.dtype}[{','.join(map(str, s.shape))}]" for s in specs)
+
+        config = self.artifact.config
+        return (f"<{type(self).__name__} {config.key()} ({config.precision.value} on {config.device}, "
+                f"{self.threads()} threads) ({shapes(self.spec.inputs)}) -> ({shapes(self.spec.outputs)})>")
 
     @functools.cached_property
     def _output_names(self) -> tuple[str, ...]:

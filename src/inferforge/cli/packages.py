@@ -30,19 +30,64 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**manifest, "integrity": integrity}, indent=2))
     else:
-        print(f"{manifest['model']}: chosen {manifest['chosen']} (objective {manifest['objective']})")
-        for entry in manifest["artifacts"]:
-            bench = entry.get("bench") or {}
-            p50 = bench.get("latency", {}).get("p50_ms")
-            figure = f": p50 {p50:.2f} ms" if p50 else ""
-            print(f"  #{entry['rank']} {entry['key']}{figure}  [{integrity[entry['key']]}]")
-        print("inputs: " + " ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in manifest["spec"]["inputs"]))
+        print("\n".join(info_lines(manifest, integrity)))
     damaged = [key for key, state in integrity.items() if state != INTACT]
     if damaged:
         print(f"error: {len(damaged)} of {len(integrity)} artifacts in {args.package} do not match their checksums "
               f"({', '.join(damaged)}): rebuild the package or copy it again", file=sys.stderr)
         return 2
     return 0
+
+
+def info_lines(manifest: dict[str, Any], integrity: dict[str, str]) -> list[str]:
+    """What a newcomer needs from a package without reading its JSON: each artifact with its figures, why it
+    is there and what it needs; the model's inputs and outputs; the adapter; where it was built."""
+    lines = [f"{manifest['model']}: chosen {manifest['chosen']} (objective {manifest['objective']})", "artifacts:"]
+    for entry in manifest["artifacts"]:
+        bench = entry.get("bench") or {}
+        latency = bench.get("latency") or {}
+        figures = [f"p50 {latency['p50_ms']:.3g} ms at batch {latency.get('batch_size', 1)}"] if latency.get("p50_ms") else []
+        if bench.get("best_throughput"):
+            rate = bench["best_throughput"]
+            figures.append(f"{rate:,.0f} samples/s best" if rate >= 100 else f"{rate:.3g} samples/s best")
+        figures.append(_accuracy_text(entry.get("accuracy")))
+        if entry.get("size_bytes"):
+            figures.append(f"{entry['size_bytes'] / 1e6:.1f} MB")
+        lines.append(f"  #{entry['rank']} {entry['key']}: " + ", ".join(f for f in figures if f)
+                     + f"  [{integrity[entry['key']]}]")
+        if entry.get("why"):
+            lines.append(f"      why: {entry['why']}")
+        if entry.get("requires"):
+            lines.append("      needs: " + ", ".join(f"{k.split(':', 1)[-1]} {v}" for k, v in entry["requires"].items()))
+    spec = manifest["spec"]
+    def tensors(specs: list[dict[str, Any]]) -> str:
+        return "  ".join(f"{s['name']}: {s['dtype']}[{','.join(map(str, s['shape']))}]" for s in specs)
+
+    lines.append("inputs:  " + tensors(spec["inputs"]))
+    lines.append("outputs: " + tensors(spec.get("outputs", [])))
+    adapter = (manifest.get("serve") or {}).get("adapter")
+    lines.append(f"adapter: {adapter['kind']} (inferforge serve also takes raw {adapter['kind']} as input "
+                 f"{adapter['input']!r})" if adapter else "adapter: none (inferforge serve takes the inputs above)")
+    env = manifest.get("environment") or {}
+    libraries = env.get("libraries") or {}
+    lines.append(f"built on: {env.get('cpu', '?')} ({env.get('cores', '?')} cores)"
+                 + (f", {env['gpu']}" if env.get("gpu") else "") + f", Python {env.get('python', '?')}, "
+                 + ", ".join(f"{k} {v}" for k, v in libraries.items() if v))
+    return lines
+
+
+def _accuracy_text(accuracy: dict[str, Any] | None) -> str:
+    """The figure the budget was decided on, as the leaderboard words it."""
+    from inferforge.validate import DecidingFigure
+
+    if not accuracy:
+        return ""
+    decided = DecidingFigure(accuracy["decided_by"])
+    if decided is DecidingFigure.ACCURACY_DROP and accuracy.get("accuracy") is not None:
+        return f"accuracy {100 * accuracy['accuracy']:.2f}%"
+    if decided is DecidingFigure.TOP1_AGREEMENT and accuracy.get("top1_agreement") is not None:
+        return f"top-1 agreement {100 * accuracy['top1_agreement']:.1f}% vs FP32"
+    return f"cosine {accuracy.get('cosine', 1.0):.4f} vs FP32"
 
 
 def _integrity(package: Path, entries: list[dict[str, Any]]) -> dict[str, str]:
