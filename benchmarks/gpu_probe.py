@@ -10,6 +10,7 @@
     python3 benchmarks/gpu_probe.py fp8        # fp8-static vs the FP16 pick and torch.compile FP16, profiles, MiniLM
     python3 benchmarks/gpu_probe.py fp8_micro  # BERT-base's pointwise passes, Q/K/V products, SDPA kernels, alone
     python3 benchmarks/gpu_probe.py fp8_minilm # fp8-static on MiniLM's real weights (MINILM_DIR, from minilm_prep)
+    python3 benchmarks/gpu_probe.py fp8_epilogue # fp8-fused's GEMM+GELU+quantize kernel vs cuBLAS + Inductor
     python3 benchmarks/gpu_probe.py minilm_prep  # here, not on the GPU machine: MiniLM's real weights for fp8
 
 Run from the repository root with ``PYTHONPATH=src:benchmarks``; results go to ``$OUT/probe-<section>.json``.
@@ -468,8 +469,7 @@ print("max_abs", float((out.cpu().float() - torch.load({str(tmp / "want.pt")!r})
 FP8_CANDIDATES = ";".join([
     "bert-base:inductor:fp16:cuda_graphs=1",
     "bert-base:fp8-static:fp8:",
-    "bert-base:fp8-static:fp8:dtype=float16",
-    "bert-base:fp8-static:fp8:weight_scale=channel",
+    "bert-base:fp8-fused:fp8:",
 ])
 
 
@@ -582,6 +582,81 @@ def section_fp8_micro():
                 log(f"micro/sdpa {batch}x{heads}x{seq}x{dim}/{mask_label}/{label}", f"refused: {str(exc)[:160]}")
 
 
+
+EPILOGUE_TILES = {  # rows -> (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) tried
+    32768: [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (128, 256, 64, 8, 4), (128, 128, 128, 8, 4),
+            (256, 128, 128, 8, 3), (128, 128, 128, 4, 4), (128, 256, 64, 8, 3)],
+    128: [(64, 64, 128, 4, 4), (64, 128, 128, 4, 4)],
+}
+
+
+def section_fp8_epilogue():
+    """fp8-fused's kernel (backends/fp8_fused.py: FP8 GEMM with a bias + GELU + quantize epilogue) against what it
+    replaces, at BERT-base's first feed-forward product (768 -> 3072; 32768 rows = batch 256, 128 = batch 1):
+    cuBLAS's FP8 product alone, and that product plus Inductor's GELU + quantize pass; each of EPILOGUE_TILES
+    timed (median of CUDA events) and checked against the chain (share of FP8 outputs more than one e4m3 step
+    apart). Then the program fp8-static exports for the test's tiny encoder, node by node."""
+    import inferforge.backends.fp8_fused as fused
+
+    op = fused._fused_op()
+    fp8 = torch.float8_e4m3fn
+    chosen = fused._tiles
+    for rows, variants in EPILOGUE_TILES.items():
+        torch.manual_seed(0)
+        a = torch.randn(rows, 768, device="cuda").mul(40).clamp(-448, 448).to(fp8)
+        w = torch.randn(3072, 768, device="cuda").mul(100).clamp(-448, 448).to(fp8)
+        scale_a, scale_b = torch.tensor(0.02, device="cuda"), torch.tensor(0.0004, device="cuda")
+        bias = torch.randn(3072, device="cuda", dtype=torch.bfloat16) * 0.1
+        inv = torch.tensor(40.0, device="cuda")
+
+        def product():
+            return torch._scaled_mm(a, w.t(), scale_a, scale_b, bias=bias, out_dtype=torch.bfloat16,
+                                    use_fast_accum=True)
+
+        @torch.compile
+        def gelu_quant(p):
+            return (torch.nn.functional.gelu(p).float() * inv).clamp(-448, 448).to(fp8)
+
+        want = gelu_quant(product()).float()
+        res = {"cublas product alone us": round(gpu_time(product, 100) * 1000, 1),
+               "cublas product + inductor gelu/quantize us": round(gpu_time(lambda: gelu_quant(product()), 100)
+                                                                   * 1000, 1),
+               "default tiles": list(chosen(rows))}
+        flop = 2 * rows * 768 * 3072
+        for tiles in variants:
+            fused._tiles = lambda r, t=tiles: t
+            try:
+                got = op(a, w.t(), scale_a, scale_b, bias, inv, False).float()
+                step = want.abs().clamp(min=2.0 ** -6) / 8
+                ms = gpu_time(lambda: op(a, w.t(), scale_a, scale_b, bias, inv, False), 100)
+                res[str(tiles)] = {
+                    "us": round(ms * 1000, 1), "TFLOP/s": round(flop / ms / 1e9),
+                    "off_by_more_than_a_step": float(((got - want).abs() > step * 1.01).float().mean())}
+            except Exception as exc:
+                res[str(tiles)] = f"failed: {str(exc)[-300:]}"
+            fused._tiles = chosen
+        log(f"epilogue/rows {rows}", res)
+    _fp8_graph()
+
+
+def _fp8_graph():
+    from test_gpu import _tiny_encoder
+
+    from inferforge.backends import get_backend
+    from inferforge.backends.base import PROGRAM, BuildConfig
+    from inferforge.backends.fp8_static import Fp8StaticOptions
+    from inferforge.data import generated_dataset
+    from inferforge.types import Precision
+
+    source = _tiny_encoder()
+    out = Path(tempfile.mkdtemp())
+    get_backend("fp8-static").build(source, BuildConfig("fp8-static", Precision.FP8, "cuda", Fp8StaticOptions()),
+                                    out, calibration=generated_dataset(source.spec, 64, seed=3))
+    module = torch.export.load(str(out / PROGRAM)).module()
+    log("epilogue/tiny encoder graph", [f"{n.name} = {n.target}({', '.join(map(str, n.args))}; {n.kwargs}) "
+                                        f"users={len(n.users)}" for n in module.graph.nodes
+                                        if n.op == "call_function"])
+
 MINILM_SPECS = ["input_ids:int64[B,128]:0..30521", "attention_mask:int64[B,128]:0..1"]
 MINILM_INPUTS = ("input_ids", "attention_mask")
 
@@ -649,7 +724,7 @@ def section_fp8_minilm():
     """MiniLM with its real weights on the demo's real sentences (minilm_prep made them): fp8-static's pooled
     cosine against the FP32 embeddings of the original weights, calibrated on sentences 0-31 (and judged on
     all 64 and on the 32 it never saw) and on all 64 (what the demo's search does: its calibration falls back
-    to the validation data). MINILM_CONFIGS: ';'-separated fp8-static options to try."""
+    to the validation data). MINILM_CONFIGS: ';'-separated backend:options to try (options as in CANDIDATES)."""
     from inferforge.backends import get_backend
     from inferforge.backends.base import BuildConfig
     from inferforge.data import Dataset
@@ -669,12 +744,13 @@ def section_fp8_minilm():
         log("fp8_minilm/eager bf16", _cosines(gpu.bfloat16()(*args).float().cpu().numpy(), exact))
     del gpu
     source = load_source(model, inputs=MINILM_SPECS, name="minilm")
-    backend = get_backend("fp8-static")
     name = source.spec.outputs[0].name
     rows = {"sentences 0-31": slice(0, 32), "all 64": slice(0, 64)}
-    for opts in os.environ.get("MINILM_CONFIGS", ";dtype=float16").split(";"):
+    for spec in os.environ.get("MINILM_CONFIGS", "fp8-static:;fp8-fused:").split(";"):
+        backend_name, _, opts = spec.partition(":")
+        backend = get_backend(backend_name)
         values = dict(kv.split("=") for kv in opts.split(",") if kv)
-        config = BuildConfig("fp8-static", Precision.FP8, "cuda", backend.options_type(**values))
+        config = BuildConfig(backend_name, Precision.FP8, "cuda", backend.options_type(**values))
         for label, calibrated in rows.items():
             if opts and label != "sentences 0-31":
                 continue

@@ -13,8 +13,8 @@ Peers: eager FP32 (TF32 off), eager FP16 (weights cast; channels_last for ResNet
 "max-autotune", compiled for one static batch of 256 only (each batch size is an autotuning
 compile of minutes: batch 1 and 256 together outran a 10-minute run on the H200), its accuracy
 read at that batch. inferforge: ``optimize(..., device="cuda")``
-over the given backends and precisions (default: eager, inductor with CUDA graphs, cudnn-fused and
-fp8-static; FP16 and FP8; static FP8 calibrated on 128 workload samples apart from those timed and
+over the given backends and precisions (default: eager, inductor with CUDA graphs, cudnn-fused,
+fp8-static and fp8-fused; FP16 and FP8; static FP8 calibrated on 128 workload samples apart from those timed and
 evaluated) for ``--objective`` (latency: batch 1; throughput: best over the batches above), its pick
 loaded back from the package. ``--profile`` adds torch.profiler's kernel-time breakdown of the
 pick and of torch.compile at batch 256 (DIR/profile_*.txt). AOTInductor on CUDA is left out: its
@@ -337,7 +337,8 @@ def main() -> int:
     # measured slower than FP16 with CUDA graphs (gpu_probe.py candidates), and their compiles (about 150 s
     # each) would push the suite past 9 minutes. fp8-static (calibrated scales) measured 1.3x FP16 on
     # BERT-base (gpu_probe.py fp8) and builds in about 45 s; ResNet-50 skips it (no linear layer it takes).
-    parser.add_argument("--backends", default="eager,inductor,cudnn-fused,fp8-static")
+    # fp8-fused is the same artifact with the GELU chains as one Triton kernel: 1.03-1.06x fp8-static there.
+    parser.add_argument("--backends", default="eager,inductor,cudnn-fused,fp8-static,fp8-fused")
     parser.add_argument("--precisions", default="fp16,fp8")
     parser.add_argument("--objective", choices=("latency", "throughput"), default="latency")
     parser.add_argument("--max-autotune", action=argparse.BooleanOptionalAction, default=True)

@@ -262,6 +262,45 @@ def test_optimize_validates_and_packages_fp8_static(tmp_path: Path) -> None:
     assert fp8[0].accuracy is not None and fp8[0].accuracy.cosine >= 0.99
 
 
+
+@gpu
+def test_fp8_fused_runs_gemm_gelu_quantize_as_one_kernel(tmp_path: Path) -> None:
+    """The feed-forward's first product, its GELU and the second product's quantization become one op at load;
+    the runner still matches the FP32 module within FP8's tolerance at batch sizes that pad."""
+    source = _tiny_encoder()
+    config = BuildConfig("fp8-fused", Precision.FP8, "cuda", _fp8_config().options)
+    runner, _ = _check("fp8-fused", config, source, tmp_path, batches=(1, 3, 16, 300, 3),
+                       calibration=generated_dataset(source.spec, 64, seed=3))
+    assert runner.artifact.details["fused_gemm_gelu_quantize"] == 1
+    assert runner.artifact.details["quantized_linear_layers"] == 6
+
+
+@gpu
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize(("rows", "inner", "cols"), [(48, 96, 160), (300, 96, 160), (1024, 128, 256)])
+def test_fp8_fused_kernel_computes_the_chain_it_replaces(approximate: str, rows: int, inner: int,
+                                                         cols: int) -> None:
+    """The Triton kernel against the ops it replaces, on fresh random data, at sizes its tiles do not divide:
+    FP8 outputs agree to one e4m3 step (the chain rounds to BF16 on the way); past the range it saturates
+    at +-448, never NaN. The last shape fills whole tiles (the kernel's unmasked loop)."""
+    from inferforge.backends.fp8_fused import _fused_op
+
+    op = _fused_op()
+    torch.manual_seed(rows)
+    a = (torch.randn(rows, inner, device="cuda") * 4).to(torch.float8_e4m3fn)
+    w = (torch.randn(cols, inner, device="cuda") * 4).to(torch.float8_e4m3fn)
+    scale_a, scale_b = torch.tensor(0.03, device="cuda"), torch.tensor(0.02, device="cuda")
+    bias = torch.randn(cols, device="cuda", dtype=torch.bfloat16)
+    inv_scale = torch.tensor(200.0, device="cuda")
+    got = op(a, w.t(), scale_a, scale_b, bias, inv_scale, approximate == "tanh").float()
+    product = torch._scaled_mm(a, w.t(), scale_a, scale_b, bias=bias, out_dtype=torch.bfloat16)
+    gelu = torch.nn.functional.gelu(product.float(), approximate=approximate)
+    want = (gelu * inv_scale).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    assert got.shape == want.shape and bool(torch.isfinite(got).all())
+    step = want.abs().clamp(min=2.0**-6) / 8  # e4m3 keeps 3 mantissa bits
+    assert bool(((got - want).abs() <= step * 1.01).all())
+    assert float(got.abs().max()) == 448.0  # inputs this large saturate
+
 def test_fp8_static_needs_calibration(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="calibration"):
         get_backend("fp8-static").build(_tiny_encoder(), _fp8_config(), tmp_path)

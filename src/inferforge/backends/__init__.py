@@ -26,6 +26,7 @@ _MODULES: dict[str, str] = {
     "torch-int8": "inferforge.backends.torch_int8:TorchInt8Backend",
     "torchao": "inferforge.backends.torchao_cuda:TorchaoCudaBackend",
     "fp8-static": "inferforge.backends.fp8_static:Fp8StaticBackend",
+    "fp8-fused": "inferforge.backends.fp8_fused:Fp8FusedBackend",
     "cudnn-fused": "inferforge.backends.cudnn_fused:CudnnFusedBackend",
     "source": "inferforge.backends.python_source:PythonSourceBackend",
 }
