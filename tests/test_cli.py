@@ -20,8 +20,9 @@ TESTS = Path(__file__).parent
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, its output as a 120-column terminal would get it."""
     return subprocess.run([sys.executable, "-m", "inferforge.cli", *args], capture_output=True, text=True,
-                          cwd=TESTS, timeout=300)
+                          cwd=TESTS, timeout=300, env={**os.environ, "COLUMNS": "120"})
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -57,10 +58,23 @@ def test_optimize_end_to_end_as_a_user_runs_it(tmp_path: Path) -> None:
     # FP32 and BF16 only: an INT8 variant that keeps every layer in FP32 ties with onnxruntime-fp32 and wins
     # or loses by timing noise.
     proc = _run("optimize", "models.py:make_cnn", "--backends", "eager,onnxruntime", "--batch-sizes", "1,2",
-                "--threads", "1", "--precisions", "fp32,bf16", "--out", str(out), "--json")
+                "--threads", "1", "--precisions", "fp32,bf16", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads((out / "report.json").read_text())
     assert report["picked"] in {"eager-fp32", "onnxruntime-fp32", "eager-bf16"}
+    # What a newcomer reads: the model and data named first, a leaderboard that fits 120 columns with the
+    # packaged artifacts marked, the pick's speed-up and reason, the next commands, and no library noise.
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("optimizing make_cnn (models.py:make_cnn) for latency on cpu, validated on")
+    assert max(len(line) for line in lines if line.startswith(("┃", "│", "┏", "└"))) <= 120
+    assert "packaged #0" in proc.stdout and "(fallback)" in proc.stdout
+    pick = next(line for line in lines if line.startswith("pick: "))
+    assert pick.startswith(f"pick: {report['picked']}") and ("faster than eager-fp32" in pick
+                                                            or report["picked"] == "eager-fp32")
+    assert any(line.startswith("why: the pick for latency (") for line in lines)
+    assert lines[-1] == f"next: inferforge info {out}  |  inferforge serve {out}  |  inferforge bench {out}"
+    assert "DeprecationWarning" not in proc.stderr and "FutureWarning" not in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if ".py:" in line and "Warning" in line]
     assert report["threads"] == 1
     assert (out / "inferforge.json").is_file()
     info = _run("info", str(out))

@@ -34,7 +34,6 @@ from inferforge.manifest import (
     tuned_threads,
     verify_checksums,
 )
-from inferforge.options import Objective
 from inferforge.search import SearchResult
 from inferforge.types import ModelSpec, Precision
 
@@ -60,7 +59,7 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[tuple[Candidat
             break
         if all((c.config.backend, c.config.device) != (candidate.config.backend, candidate.config.device)
                for c, _ in chosen):
-            chosen.append((candidate, _pick_reason(result, candidate) if not chosen else
+            chosen.append((candidate, result.pick_reason() if not chosen else
                            f"fallback: the best passing {candidate.config.backend} candidate on {candidate.config.device}"))
     if not chosen:
         return chosen
@@ -86,15 +85,6 @@ def choose_packaged(result: SearchResult, fallbacks: int) -> list[tuple[Candidat
     if not has(_portable):
         add_first(_portable, "portable: CPU FP32, no compiled code")
     return chosen
-
-
-def _pick_reason(result: SearchResult, pick: CandidateResult) -> str:
-    """The search's own words on the pick: its objective figure and the ranking notes that name it."""
-    said = [n for n in result.notes if pick.key in n]
-    figure = (f"{pick.bench.latency.p50_ms:.3g} ms at batch {pick.bench.latency.batch_size}"
-              if pick.bench is not None and result.options.objective is Objective.LATENCY else
-              f"{pick.bench.best_throughput:.4g} samples/s" if pick.bench is not None else "")
-    return "; ".join([f"the pick for {result.options.objective.value}" + (f" ({figure})" if figure else ""), *said])
 
 
 def _portable(candidate: CandidateResult) -> bool:

@@ -49,6 +49,9 @@ class SearchProgress:
 
 
 def print_table(table: Any) -> None:
+    """At the terminal's width (120 columns when stdout is not a terminal, as in a log file)."""
+    import shutil
+
     from rich.console import Console
 
-    Console(width=200).print(table)
+    Console(width=shutil.get_terminal_size((120, 24)).columns).print(table)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from inferforge.backends import backend_names, get_backend
-from inferforge.backends.base import PROTECTED_ORDER, Backend, BuildConfig
+from inferforge.backends.base import PROTECTED_ORDER, SEARCH_ORDER, Backend, BuildConfig
 from inferforge.bench import SPEC_SHAPE
 from inferforge.cache import dataset_fingerprint
 from inferforge.candidate import (
@@ -35,7 +35,7 @@ from inferforge.candidate import (
 )
 from inferforge.data import Dataset
 from inferforge.errors import InferforgeError
-from inferforge.options import SearchOptions
+from inferforge.options import Objective, SearchOptions
 from inferforge.probes import make_probes
 from inferforge.ranking import confirm, contenders, rank
 from inferforge.source import ModelSource, SourceKind
@@ -63,6 +63,38 @@ class SearchResult:
     @property
     def best(self) -> CandidateResult | None:
         return self.passed[0] if self.passed else None
+
+    def reference(self) -> CandidateResult | None:
+        """The plain way to run the model that the pick is compared with: the reference backend's FP32
+        candidate (eager PyTorch) on the pick's device, where it was measured."""
+        pick = self.best
+        return next((c for c in self.candidates if pick is not None and c.bench is not None
+                     and c.config.precision is Precision.FP32 and c.config.device == pick.config.device
+                     and get_backend(c.config.backend).search_order(c.config) == SEARCH_ORDER["reference"]), None)
+
+    def pick_reason(self) -> str:
+        """Why the best candidate won, short: the objective's figure, where it stood in the re-measure in
+        turns (fastest, with the runner-up's interval; or tied with the fastest), and the ranking's note
+        when a rule overrode the fastest (a tie broken for the simpler artifact, a lower precision not
+        measurably faster)."""
+        pick = self.best
+        if pick is None:
+            return ""
+        parts = [f"the pick for {self.options.objective.value}"]
+        if pick.bench is not None:
+            parts[0] += (f" ({pick.bench.latency.p50_ms:.3g} ms at batch {pick.bench.latency.batch_size})"
+                         if self.options.objective is Objective.LATENCY else
+                         f" ({pick.bench.best_throughput:.4g} samples/s at batch {pick.bench.best.batch_size})")
+        confirmed = pick.confirmation
+        others = sorted((c for c in self.passed if c is not pick and c.confirmation is not None),
+                        key=lambda c: c.confirmation.ratio)  # type: ignore[union-attr]
+        if confirmed is not None and confirmed.ratio == 1.0 and confirmed.low == 1.0:
+            runner_up = f", the runner-up {others[0].key} at {others[0].confirmation.describe()}" if others else ""
+            parts.append(f"fastest of the {len(others) + 1} re-measured in turns{runner_up}")  # type: ignore[union-attr]
+        elif confirmed is not None:
+            parts.append(f"{confirmed.describe()} the fastest in the re-measure in turns")
+        parts += [n for n in self.notes if n.startswith(f"picked {pick.key} over")]
+        return "; ".join(parts)
 
 
 def candidate_configs(options: SearchOptions) -> list[tuple[Backend, BuildConfig]]:

@@ -208,7 +208,7 @@ class Runner(ABC):
 
         config = self.artifact.config
         return (f"<{type(self).__name__} {config.key()} ({config.precision.value} on {config.device}, "
-                f"{self.threads()} threads) ({shapes(self.spec.inputs)}) -> ({shapes(self.spec.outputs)})>")
+                f"{self.threads()} thread{'s' if self.threads() != 1 else ''}) ({shapes(self.spec.inputs)}) -> ({shapes(self.spec.outputs)})>")
 
     @functools.cached_property
     def _output_names(self) -> tuple[str, ...]:

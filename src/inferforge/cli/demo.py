@@ -15,13 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", type=Path, default=Path("demo-packages"), help="one package folder per model here")
     parser.add_argument("--only", choices=list(DEMOS), help="run one of them")
+    parser.add_argument("--wide", action="store_true", help="leaderboards with every column")
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(args.out, args.only)
+    return run_demo(args.out, args.only, args.wide)
 
 
-def run_demo(out: Path, only: str | None = None) -> int:
+def run_demo(out: Path, only: str | None = None, wide: bool = False) -> int:
     import numpy as np
     import torch
 
@@ -38,7 +39,7 @@ def run_demo(out: Path, only: str | None = None) -> int:
             continue
         result = run_optimize(demo.model, inputs=list(demo.inputs), data=demo.data,
                               options=SearchOptions(task=Task(demo.task)), out=out / name, name=name, overwrite=True,
-                              adapter=resolve_callable(demo.adapter, "demo adapter")())
+                              adapter=resolve_callable(demo.adapter, "demo adapter")(), wide=wide)
         if result.package is None:
             continue
         t0 = time.perf_counter()
@@ -51,6 +52,6 @@ def run_demo(out: Path, only: str | None = None) -> int:
             ref = result.source.module(*[torch.from_numpy(v) for v in sample.values()])[0].numpy()
         err = float(np.abs(outputs[first] - ref).max())
         print(f"loaded {result.package} -> {runner.selection.key} in {load_s:.1f} s; "  # type: ignore[attr-defined]
-              f"output {first} {list(outputs[first].shape)} max abs diff vs the PyTorch model: {err:.2e}\n")
+              f"output {first!r} {list(outputs[first].shape)}: max abs diff vs the PyTorch model {err:.2e}\n")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0

@@ -54,10 +54,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party_warnings() -> None:
+    """Deprecation notices from torch and other libraries (``_pytree`` registrations, exporter changes) say
+    nothing a user of the CLI can act on; --debug keeps them. Set for this process and, through
+    PYTHONWARNINGS, for the search's worker processes. The warnings left print as ``warning: ...``, without
+    the source line that raised them."""
+    import os
+    import warnings
+
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    quiet = "ignore::DeprecationWarning,ignore::FutureWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     named = next((word for word in argv if not word.startswith("-")), "")  # the command: only --debug comes before
     args = build_parser(only=named).parse_args(argv)
+    if not args.debug:
+        quiet_third_party_warnings()
     try:
         return COMMANDS[args.command].run(args)
     except InferforgeError as exc:

@@ -17,7 +17,8 @@ from inferforge.report.leaderboard import (
     leaderboard_rows,
 )
 from inferforge.report.markdown import markdown_leaderboard, report_markdown
-from inferforge.report.terminal import rich_leaderboard
+from inferforge.report.terminal import pick_lines, rich_leaderboard
 
 __all__ = ["CONFIRMED", "DATA_SHAPES_P50", "SPEC_SHAPE_P50", "accuracy_cell", "build_cell", "columns",
-           "leaderboard_rows", "markdown_leaderboard", "report_json", "report_markdown", "rich_leaderboard"]
+           "leaderboard_rows", "markdown_leaderboard", "pick_lines", "report_json", "report_markdown",
+           "rich_leaderboard"]
