@@ -86,6 +86,9 @@ def test_command_returns_1_for_different_and_prints_json(packages: tuple[Path, P
     assert report["within_tolerance"] is False
     assert report["first_divergent_layer"]["scope"] == "fc2"
     assert report["samples"] == 32 and report["outputs"][0]["within_tolerance"] is False
+    assert run_compare(_args(base, perturbed)) == 1  # the table says which figure failed, and by how much
+    text = capsys.readouterr().out
+    assert "relative L2 error" in text and "x the tolerance (--rtol 0.001)" in text and "Raise --rtol" in text
 
 
 def test_identical_packages_agree(packages: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,15 +15,23 @@ def print_comparison(result: Comparison) -> None:
 
     print(f"A: {result.a}\nB: {result.b}\n{result.samples} samples, {result.data_origin}; rtol {result.rtol:g}")
     table = Table(title="outputs")
-    for col in ("output", "shape", "max abs", "mean abs", "rel L2", "cosine", "top-1 agree", "ok"):
+    with_top1 = any(o.top1_agreement is not None for o in result.outputs)  # class scores only, not embeddings
+    for col in ("output", "shape", "max abs", "mean abs", "rel L2", "cosine", *(("top-1 agree",) * with_top1),
+                "ok"):
         table.add_column(col)
     for o in result.outputs:
         name = o.name if o.other_name is None else f"{o.name} ↔ {o.other_name}"
-        top1 = "" if o.top1_agreement is None else f"{o.top1_agreement:.4f}"
+        top1 = ("" if o.top1_agreement is None else f"{o.top1_agreement:.4f}",) * with_top1
         table.add_row(name, str(list(o.shape)), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.rel_l2:.3g}",
-                      f"{o.cosine:.6f}", top1, "yes" if o.within_tolerance else f"NO {o.note or ''}".strip(),
+                      f"{o.cosine:.6f}", *top1, "yes" if o.within_tolerance else f"NO {o.note or ''}".strip(),
                       style=None if o.within_tolerance else "red")
     print_table(table)
+    for o in result.outputs:
+        if not o.within_tolerance and o.note is None:
+            print(f"output {o.name!r} differs: relative L2 error {o.rel_l2:.3g} is {o.rel_l2 / result.rtol:.3g}x "
+                  f"the tolerance (--rtol {result.rtol:g}); cosine {o.cosine:.6f}"
+                  + (f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else "")
+                  + ". Raise --rtol to accept this drift (INT8 and FP16 builds drift by design).")
     if result.unmatched_outputs:
         print(f"outputs on one side only: {', '.join(result.unmatched_outputs)}")
     layers = result.layers
