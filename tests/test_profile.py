@@ -168,3 +168,22 @@ def test_a_runtime_without_a_profiler_says_so() -> None:
     runner = _NumpyEcho(spec, Artifact(BuildConfig("echo"), Path("."), ()))
     ops = runner.profile_operators(generate_inputs(spec, 2), runs=2, trace_path=None)
     assert ops.operators == () and ops.unavailable and "_NumpyEcho" in ops.unavailable
+
+
+def test_quantized_onnx_products_are_counted_and_int8_is_judged_against_an_int8_peak(ort_package: Path,
+                                                                                     tmp_path: Path) -> None:
+    """An INT8 artifact compared with the FP32 matmul peak read "145% of peak" (issue 18)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from inferforge.manifest import read_manifest
+    from inferforge.profile.roofline import PEAK_DTYPE, count_onnx_flops, measure_peak
+    from inferforge.types import ModelSpec, Precision
+
+    fp32 = next(ort_package.rglob("model.onnx"))
+    int8 = tmp_path / "int8.onnx"
+    quantize_dynamic(str(fp32), str(int8))
+    spec = ModelSpec.from_json(read_manifest(ort_package)["spec"])
+    assert count_onnx_flops(int8, spec, 4)[0] == count_onnx_flops(fp32, spec, 4)[0] == 2 * 4 * (16 * 32 + 32 * 5)
+    peak = measure_peak("cpu", 1)
+    assert PEAK_DTYPE[Precision.INT8.value] in peak.matmul_flops_per_s
+    assert peak.matmul_flops_per_s["int8"] > peak.matmul_flops_per_s["float32"]

@@ -18,6 +18,9 @@ from inferforge.backends.base import Runner
 from inferforge.types import ModelSpec
 
 PEAK_SECONDS = 0.25  # per peak measurement loop
+# The matmul peak an artifact of each precision is compared with (MachinePeak.matmul_flops_per_s keys): an INT8
+# model measured against the FP32 peak read "145% of peak".
+PEAK_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "tf32": "tfloat32", "int8": "int8", "fp8": "float8"}
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,7 @@ def roofline_of(package: Path, runner: Runner, inputs: Mapping[str, np.ndarray],
     flops, source, param_bytes, params_from = count_package_flops(package, runner.spec, _batch_of(runner.spec, inputs))
     io_bytes = sum(np.asarray(v).nbytes for v in inputs.values()) + sum(np.asarray(v).nbytes for v in outputs.values())
     peak = measure_peak("cuda" if runner.device.startswith("cuda") else "cpu", threads)
-    dtype = {"bf16": "bfloat16", "fp16": "float16", "tf32": "tfloat32"}.get(runner.artifact.config.precision.value,
-                                                                           "float32")
+    dtype = PEAK_DTYPE.get(runner.artifact.config.precision.value, "float32")
     dtype = dtype if dtype in peak.matmul_flops_per_s else "float32"
     peak_flops = peak.matmul_flops_per_s[dtype]
     seconds = compute_ms / 1e3
@@ -101,9 +103,10 @@ def count_package_flops(package: Path, spec: ModelSpec, batch_size: int) -> tupl
         name = file.relative_to(package)
         count, param_bytes = count_onnx_flops(file, spec, batch_size)
         if count is not None:
-            return (count, f"MatMul, Gemm and Conv nodes of {name} (other ONNX ops are not counted)", param_bytes,
+            return (count, f"matrix products and convolutions of {name} (float and quantized; other ONNX ops "
+                           "are not counted)", param_bytes,
                     f"initializers of {name}")
-        tried.append(f"{name}: shapes of its MatMul/Gemm/Conv nodes are not all known")
+        tried.append(f"{name}: shapes of its matrix product and convolution nodes are not all known")
     reason = "unknown: no torch.export program or countable ONNX graph in the package" + (
         f" ({'; '.join(tried)})" if tried else "")
     weights = [f for f in files if f.suffix == ".bin"]
@@ -158,19 +161,26 @@ def count_onnx_flops(path: Path, spec: ModelSpec, batch_size: int) -> tuple[int 
     param_bytes = sum(numpy_helper.to_array(t).nbytes for t in initializers.values())
     flops = 0
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm", "Conv"):
+        if node.op_type not in COUNTED_ONNX_OPS:
             continue
-        a, b, out = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+        first, second = COUNTED_ONNX_OPS[node.op_type]
+        a, b, out = shapes.get(node.input[first]), shapes.get(node.input[second]), shapes.get(node.output[0])
         if a is None or b is None or out is None:
             return None, param_bytes
-        if node.op_type == "MatMul":
-            flops += 2 * math.prod(out) * a[-1]
-        elif node.op_type == "Gemm":
+        if node.op_type == "Gemm":
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             flops += 2 * math.prod(out) * (a[0] if trans_a else a[1])
-        else:  # Conv: weight (C_out, C_in / groups, *kernel)
+        elif "Conv" in node.op_type:  # weight (C_out, C_in / groups, *kernel)
             flops += 2 * math.prod(out) * math.prod(b[1:])
+        else:  # a matrix product: the inner dim is A's last
+            flops += 2 * math.prod(out) * a[-1]
     return flops, param_bytes
+
+
+# The ONNX ops counted, float and quantized (what ONNX Runtime's quantizers write), with the input positions
+# of the two operands (QLinear ops put scales and zero points between them).
+COUNTED_ONNX_OPS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0, 1), "MatMulInteger": (0, 1), "ConvInteger": (0, 1),
+                    "QLinearMatMul": (0, 3), "QLinearConv": (0, 3)}
 
 
 @functools.cache
@@ -195,6 +205,13 @@ def measure_peak(device: str, threads: int) -> MachinePeak:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
             matmul[name] = 2 * n**3 / _best_seconds(functools.partial(torch.matmul, a, b), sync)
+        matmul |= _int8_peak(n, threads, sync) if on_cuda else _onnxruntime_int8_peak(n, threads)
+        if on_cuda and torch.cuda.get_device_capability() >= (8, 9):
+            a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+            b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()
+            one = torch.ones((), device=device)
+            matmul["float8"] = 2 * n**3 / _best_seconds(
+                functools.partial(torch._scaled_mm, a, b, one, one, out_dtype=torch.bfloat16), sync)
         elements = 1 << 28 if on_cuda else 1 << 25  # 1 GiB / 128 MiB of float32: larger than the caches
         src, dst = torch.ones(elements, device=device), torch.empty(elements, device=device)
         copy = 2 * src.numel() * src.element_size() / _best_seconds(functools.partial(dst.copy_, src), sync)
@@ -203,6 +220,37 @@ def measure_peak(device: str, threads: int) -> MachinePeak:
         torch.backends.cuda.matmul.allow_tf32 = before[1]
     return MachinePeak(device, threads, matmul, copy, f"best of {PEAK_SECONDS} s loops: {n}x{n} matmul per "
                        f"dtype, copy of {elements * 4 >> 20} MiB float32 (bytes read + written)")
+
+
+def _int8_peak(n: int, threads: int, sync: Callable[[], Any]) -> dict[str, float]:
+    """CUDA: cuBLASLt's int8 x int8 -> int32 product (torch._int_mm)."""
+    import torch
+
+    a, b = (torch.randint(-128, 127, (n, n), dtype=torch.int8, device="cuda") for _ in range(2))
+    return {"int8": 2 * n**3 / _best_seconds(functools.partial(torch._int_mm, a, b), sync)}
+
+
+def _onnxruntime_int8_peak(n: int, threads: int) -> dict[str, float]:
+    """CPU: ONNX Runtime's MatMulInteger (u8 x s8, MLAS), the kernel the INT8 artifacts run on this CPU (torch's
+    CPU int8 product is a reference loop, 50x slower than FP32). Empty without onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return {}
+    weight = helper.make_tensor("w", TensorProto.INT8, (n, n), np.random.default_rng(0).integers(
+        -127, 127, (n, n), dtype=np.int8).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "int8_peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, (n, n))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, (n, n))], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx.shape_inference.infer_shapes(model).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"a": np.random.default_rng(1).integers(0, 255, (n, n), dtype=np.uint8)}
+    return {"int8": 2 * n**3 / _best_seconds(functools.partial(session.run, None, feed), lambda: None)}
 
 
 def _best_seconds(call: Callable[[], Any], sync: Callable[[], Any]) -> float:
