@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,8 @@ from inferforge.search import SearchResult
 
 
 def report_json(result: SearchResult, dataset: Dataset, model_name: str) -> dict[str, Any]:
+    """The run as JSON. A package's copy also carries ``packaged`` (see ``packaged_json``), which the search
+    alone cannot know; the HTML page marks those artifacts, and says so where a report lacks the field."""
     opts = result.options
     return {
         "model": model_name,
@@ -26,3 +29,10 @@ def report_json(result: SearchResult, dataset: Dataset, model_name: str) -> dict
         "notes": list(result.notes),
         "environment": fingerprint(),
     }
+
+
+def packaged_json(manifest_entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The report's ``packaged`` field from the manifest's artifact entries: each packaged artifact's rank, key
+    and why it is there, by rank (``load`` takes the first this host can run)."""
+    return sorted(({"rank": e["rank"], "key": e["key"], "why": e.get("why", "")} for e in manifest_entries),
+                  key=lambda e: e["rank"])
