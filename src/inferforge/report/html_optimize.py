@@ -237,6 +237,7 @@ def _throughput_chart(report: dict[str, Any]) -> str:
 
 
 def _build_chart(report: dict[str, Any]) -> str:
+    from matplotlib import rc_context
     from matplotlib.patches import Patch
 
     built = [(i, c) for i, c in enumerate(report["candidates"], 1) if c.get("build_seconds") is not None]
@@ -250,9 +251,9 @@ def _build_chart(report: dict[str, Any]) -> str:
         any_cached |= cached
         colour = series_style(i).colour
         filled = c["status"] == "passed"
-        ax.barh(row, c["build_seconds"], height=0.6, color=colour if filled else "white", edgecolor=colour,
-                hatch="//" if cached else None, hatchcolor="white" if filled else colour, alpha=0.9
-                )[0].set_gid(f"build-time-series-{i}")
+        with rc_context({"hatch.color": "white" if filled else colour}):  # read when the bar is made, any version
+            ax.barh(row, c["build_seconds"], height=0.6, color=colour if filled else "white", edgecolor=colour,
+                    hatch="//" if cached else None, alpha=0.9)[0].set_gid(f"build-time-series-{i}")
     if built:
         ax.set_yticks(range(len(built)), [plain(_row_label(i, c, report)) for i, c in reversed(built)], fontsize=8)
         ax.set_xlabel("build time (s)")
@@ -260,8 +261,8 @@ def _build_chart(report: dict[str, Any]) -> str:
     handles = [Patch(facecolor="#777", edgecolor="#777", label="passed (bar in the candidate's colour)"),
                Patch(facecolor="white", edgecolor="#777", label="rejected or failed (outlined)")]
     if any_cached:
-        handles.append(Patch(facecolor="#777", edgecolor="#777", hatch="//", hatchcolor="white",
-                             label="from the build cache"))
+        with rc_context({"hatch.color": "white"}):
+            handles.append(Patch(facecolor="#777", edgecolor="#777", hatch="//", label="from the build cache"))
     finish(ax, "build-time", "Build time per candidate", legend=bool(built), handles=handles)
     note = (" Hatched bars were taken from the build cache (the seconds of the original build)." if any_cached
             else "")
