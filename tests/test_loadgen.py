@@ -138,3 +138,61 @@ def test_in_process_queries_queue_on_the_server_s_batcher(monkeypatch: pytest.Mo
     assert instance.batches == [1, 4, 4, 2]
     assert sorted(completed) == list(range(11)) and len(system.latencies) == 11
     assert bool(system.errors) == fail and all("kernel crashed" in e for e in system.errors)
+
+
+TOO_SLOW_SUMMARY = """Result is : INVALID
+  Performance constraints satisfied : NO
+  Min duration satisfied : Yes
+  Min queries satisfied : Yes
+  Early stopping satisfied: NO
+Recommendations:
+ * Reduce target QPS to improve latency.
+Early Stopping Result:
+ * Run unsuccessful.
+ * Processed 185 queries.
+ * Would need to run at least 4469 more queries,
+"""
+TOO_FEW_SUMMARY = TOO_SLOW_SUMMARY.replace("Performance constraints satisfied : NO",
+                                           "Performance constraints satisfied : Yes").replace(
+    " * Reduce target QPS to improve latency.\n", "")
+
+
+def test_loadgens_invalid_verdicts_are_told_apart_and_said_in_its_words() -> None:
+    from inferforge.serve.loadgen import TOO_FEW_QUERIES, TOO_SLOW, invalid_reason
+
+    verdict, words = invalid_reason(TOO_SLOW_SUMMARY, [])
+    assert verdict == TOO_SLOW and words.startswith("Performance constraints, Early stopping not satisfied; ")
+    assert "Reduce target QPS" in words and "4469 more queries" in words
+    verdict, words = invalid_reason(TOO_FEW_SUMMARY, [])
+    assert verdict == TOO_FEW_QUERIES and words.startswith("Early stopping not satisfied; ")
+    assert "4469 more queries" in words and "Run unsuccessful" not in words
+    assert invalid_reason(TOO_FEW_SUMMARY, ["HTTP 503"])[0] == "failed"
+
+
+def test_the_server_search_never_lowers_the_rate_for_too_few_queries(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """LoadGen's early stopping needs a few hundred queries: at a low rate a short run cannot reach them, and a
+    search that reads that as "too slow" halves down to nothing (issue 18: 0.6 QPS on MiniLM)."""
+    from inferforge.serve import loadgen
+    from inferforge.serve.loadgen import TOO_FEW_QUERIES, ScenarioResult
+
+    tried: list[tuple[float, float]] = []
+
+    def fake_run(scenario, target, inputs, count, settings, log_dir, single_s, qps):  # noqa: ANN001, ANN202
+        tried.append((qps, settings.duration_s))
+        enough = qps * settings.duration_s >= 300  # queries in the run
+        if qps > 100:
+            return ScenarioResult("Server", False, 10, qps, 1, 1, 99, extra={"verdict": "too slow"})
+        if not enough:
+            return ScenarioResult("Server", False, int(qps * settings.duration_s), qps, 1, 1, 1,
+                                  extra={"verdict": TOO_FEW_QUERIES, "more_queries_needed": 300})
+        return ScenarioResult("Server", True, 300, qps, 1, 1, 1)
+
+    monkeypatch.setattr(loadgen, "_run", fake_run)
+    settings = LoadgenSettings(duration_s=5.0, search_steps=5, search_duration_s=1.0)
+    offline = ScenarioResult("Offline", True, 100, 50.0, 1, 1, 1)
+    result = loadgen._server_search(None, {}, 1, settings, tmp_path, 0.01, offline, lambda _: None)  # type: ignore[arg-type]
+    search = result.extra["search"]
+    assert not [e for e in search if e["qps"] <= 100 and e["verdict"] != "valid"], search
+    assert result.valid and result.extra["target_qps"] == 100, search
+    assert any(duration > settings.search_duration_s for _, duration in tried)  # ran longer for the queries

@@ -79,6 +79,9 @@ def test_a_loaded_runner_explains_itself_and_takes_a_one_input_model_positionall
     assert str(runner.selection).startswith(f"{result.best.key} (rank 0): the pick")
     manifest = json.loads((out / MANIFEST).read_text())
     assert all(entry["why"] for entry in manifest["artifacts"])
+    packaged = json.loads((out / "report.json").read_text())["packaged"]
+    assert [(p["rank"], p["key"]) for p in packaged] == [(e["rank"], e["key"]) for e in manifest["artifacts"]]
+    assert "packaged: not recorded" not in (out / "report.html").read_text()
     assert any(entry["why"].startswith(("fallback", "portable", "what `inferforge export")) for entry in manifest["artifacts"][1:])
     text = repr(runner)
     assert result.best.key in text and "x: float32[" in text and "threads" in text and "->" in text

@@ -34,6 +34,7 @@ from inferforge.manifest import (
     tuned_threads,
     verify_checksums,
 )
+from inferforge.report.document import packaged_json
 from inferforge.search import SearchResult
 from inferforge.types import ModelSpec, Precision
 
@@ -149,6 +150,7 @@ def write_package(result: SearchResult, spec: ModelSpec, out: Path, *, model_nam
         if adapter is not None:
             manifest["serve"] = _write_serve_files(staging, adapter)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        report_json = {**report_json, "packaged": packaged_json(entries)}  # the reports mark what was packaged
         (staging / "report.json").write_text(json.dumps(report_json, indent=2, default=str) + "\n")
         (staging / "report.md").write_text(report_md)
         _write_html_report(staging / "report.html", report_json)

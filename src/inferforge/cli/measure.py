@@ -73,11 +73,15 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=1, default=str))
         return 0
-    print(f"{document['model']} ({document['artifact']}, {document['target']})")
+    print(f"{document['model']} ({document['artifact']}, {document['target']}); latency bound "
+          f"{settings.latency_bound_ms:g} ms (Server p99); latencies in ms, rates in samples/s")
     for name, r in document["scenarios"].items():
-        rate = f"{r['qps']:.1f}/s" if r.get("qps") is not None else ""
-        print(f"  {name:12s} {'VALID' if r['valid'] else 'INVALID':8s} p50 {r['p50_ms']:.3f} ms  p90 "
-              f"{r['p90_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  {rate}")
+        rate = f"{r['qps']:.1f} samples/s" if r.get("qps") is not None else ""
+        print(f"  {name:12s} {'VALID' if r['valid'] else 'INVALID':8s} p50 {r['p50_ms']:.3f}  p90 "
+              f"{r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  {rate}"
+              + (f"  at {r['target_qps']:g} QPS target" if r.get("target_qps") is not None else ""))
+        if not r["valid"]:
+            print(f"      INVALID ({r.get('verdict', '?')}): {r.get('invalid_reason', 'see LoadGen log')}")
     print(f"LoadGen logs and bench.json: {out}\nreport: {report}")
     return 0
 

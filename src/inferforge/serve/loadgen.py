@@ -95,7 +95,8 @@ def run_scenarios(target: Target, inputs: Mapping[str, np.ndarray], settings: Lo
     for scenario in settings.scenarios:
         if scenario == "Server":
             continue  # after Offline, which tells the search where to start
-        progress(f"LoadGen {scenario}")
+        progress(f"LoadGen {scenario}: about {expected_seconds(scenario, settings, single_s):.0f} s for a VALID run"
+                 + (f" ({EARLY_STOPPING_QUERIES[scenario]} queries)" if scenario in EARLY_STOPPING_QUERIES else ""))
         results[scenario] = _run(scenario, target, inputs, count, settings, out_dir / scenario, single_s,
                                  qps=offline_qps if scenario == "Offline" else None)
     if "Server" in settings.scenarios:
@@ -112,26 +113,35 @@ def _server_search(target: Target, inputs: Mapping[str, np.ndarray], count: int,
     qps = 0.8 * (offline.qps if offline else 1.0 / single_s)
     good: float | None = None
     bad: float | None = None
-    search = []
+    search: list[dict[str, Any]] = []
     best: ScenarioResult | None = None
     for step in range(settings.search_steps):
         progress(f"LoadGen Server search {step + 1}/{settings.search_steps}: {qps:.1f} QPS")
         trial = _run("Server", target, inputs, count, quick, out_dir / f"Server-search-{step + 1}", single_s,
                      qps=qps)
-        search.append({"qps": round(qps, 3), "p99_ms": trial.p99_ms, "valid": trial.valid})
+        verdict = "valid" if trial.valid else trial.extra.get("verdict", TOO_SLOW)
+        if verdict == TOO_FEW_QUERIES and "more_queries_needed" in trial.extra:
+            # Run long enough for the queries LoadGen asked for, once, up to the full scenario's length.
+            longer = min(settings.duration_s * 4, (trial.samples + trial.extra["more_queries_needed"]) * 1.2 / qps)
+            progress(f"LoadGen Server search {step + 1}: too few queries at {qps:.1f} QPS; again for {longer:.1f} s")
+            trial = _run("Server", target, inputs, count, replace(quick, duration_s=max(longer, quick.duration_s)),
+                         out_dir / f"Server-search-{step + 1}-longer", single_s, qps=qps)
+            verdict = "valid" if trial.valid else trial.extra.get("verdict", TOO_SLOW)
+        search.append({"qps": round(qps, 3), "p99_ms": trial.p99_ms, "valid": trial.valid, "verdict": verdict})
         if trial.valid:
             good = qps
-        else:
+        elif verdict != TOO_FEW_QUERIES:  # too few queries says nothing about speed: never lower the rate for it
             bad = qps
         qps = (good + bad) / 2 if good is not None and bad is not None else (qps * 2 if bad is None else qps / 2)
     if good is None:  # nothing met the bound: report the lowest rate tried, marked invalid
-        good = min(s["qps"] for s in search)
+        good = float(min(s["qps"] for s in search))
     for attempt in range(FINAL_SERVER_TRIES):  # a full-length run can miss where a short one passed: step down
         progress(f"LoadGen Server at {good:.1f} QPS (final run)")
         best = _run("Server", target, inputs, count, settings, out_dir / "Server", single_s, qps=good)
         if best.valid or attempt == FINAL_SERVER_TRIES - 1:
             break
-        search.append({"qps": round(good, 3), "p99_ms": best.p99_ms, "valid": False})
+        search.append({"qps": round(good, 3), "p99_ms": best.p99_ms, "valid": False,
+                       "verdict": best.extra.get("verdict", TOO_SLOW)})
         good *= 0.8
     assert best is not None
     best.extra.update({"target_qps": round(good, 3), "latency_bound_ms": settings.latency_bound_ms,
@@ -156,7 +166,7 @@ def _run(scenario: str, target: Target, inputs: Mapping[str, np.ndarray], count:
     test.scenario = getattr(lg.TestScenario, scenario)
     test.mode = lg.TestMode.PerformanceOnly
     test.min_duration_ms = int(settings.duration_s * 1000)
-    test.max_duration_ms = int(settings.duration_s * 1000 * 4)
+    test.max_duration_ms = int(1000 * max_duration_s(scenario, settings, single_s))
     # MLPerf's own minimums are for hour-long runs; these are the fewest queries LoadGen's early-stopping
     # check accepts for the percentile each scenario reports, so a short run can still be VALID.
     test.min_query_count = EARLY_STOPPING_QUERIES.get(scenario, 1)
@@ -187,6 +197,21 @@ def _run(scenario: str, target: Target, inputs: Mapping[str, np.ndarray], count:
     return _result(scenario, log_dir, sut_impl)
 
 
+def expected_seconds(scenario: str, settings: LoadgenSettings, single_s: float) -> float:
+    """About how long a VALID run of ``scenario`` takes: its minimum duration, or the queries LoadGen's
+    early-stopping check needs at one query's expected time (MultiStream: 662 queries of
+    ``samples_per_query`` samples, each about that many single calls at worst), whichever is longer."""
+    per_query = single_s * (settings.samples_per_query if scenario == "MultiStream" else 1)
+    return max(settings.duration_s, EARLY_STOPPING_QUERIES.get(scenario, 0) * per_query)
+
+
+def max_duration_s(scenario: str, settings: LoadgenSettings, single_s: float) -> float:
+    """Room for the queries a VALID run needs (``expected_seconds``), and four minimum durations at least: a
+    run cut off before them is INVALID for lack of queries, not for speed (MultiStream at 5 s ran 70 of the
+    662 queries it needs)."""
+    return max(4 * settings.duration_s, 2 * expected_seconds(scenario, settings, single_s))
+
+
 def _result(scenario: str, log_dir: Path, sut: SystemUnderTest) -> ScenarioResult:
     """LoadGen's verdict and figures from its summary; our own per-sample latencies for the charts."""
     summary = (log_dir / "mlperf_log_summary.txt").read_text()
@@ -211,10 +236,41 @@ def _result(scenario: str, log_dir: Path, sut: SystemUnderTest) -> ScenarioResul
     # LoadGen's reasons for its verdict (min duration, min queries, early stopping, latency bound).
     extra["checks"] = [line.strip() for line in summary.splitlines() if "satisfied" in line or "constraint" in line]
     valid = "Result is : VALID" in summary and not sut.errors
+    if not valid:
+        extra["verdict"], extra["invalid_reason"] = invalid_reason(summary, sut.errors)
+        needed = re.search(r"Would need to run at least (\d+) more queries", summary)
+        if needed:
+            extra["more_queries_needed"] = int(needed.group(1))
     return ScenarioResult(scenario, valid, len(latencies), qps, figure(r"50.00 percentile latency \(ns\)") / 1e6,
                           figure(r"90.00 percentile latency \(ns\)") / 1e6,
                           figure(r"99.00 percentile latency \(ns\)") / 1e6, [round(x, 4) for x in kept], extra,
                           str(log_dir))
+
+
+TOO_SLOW = "too slow"  # the latency bound (Server) was missed: a lower rate may pass
+TOO_FEW_QUERIES = "too few queries"  # the run ended before LoadGen could judge its percentile: run longer
+
+
+def invalid_reason(summary: str, errors: list[str]) -> tuple[str, str]:
+    """Why LoadGen called a run INVALID, from its summary: (TOO_SLOW, TOO_FEW_QUERIES or "failed", LoadGen's
+    own words). A Server search must not take "too few queries for a valid run" for "too slow"."""
+    if errors:
+        return "failed", f"requests failed: {errors[0]}"
+    failed = [line.split(":")[0].strip().removesuffix(" satisfied") for line in summary.splitlines()
+              if "satisfied" in line and line.rstrip().endswith("NO")]
+    recommendations = []
+    if "Recommendations:" in summary:
+        for line in summary.split("Recommendations:", 1)[1].splitlines()[1:]:
+            if not line.strip().startswith("*"):
+                break
+            recommendations.append(line.strip(" *"))
+    needed = re.search(r"Would need to run at least (\d+) more queries", summary)
+    words = "; ".join([f"{', '.join(failed)} not satisfied" if failed else "INVALID",
+                       *(r for r in recommendations if r),
+                       *([f"LoadGen would need at least {needed.group(1)} more queries"] if needed else [])])
+    if "Performance constraints" in failed:
+        return TOO_SLOW, words
+    return TOO_FEW_QUERIES, words
 
 
 def _import_loadgen() -> Any:
