@@ -44,3 +44,11 @@ def test_digits_cnn_learns_and_test_split_is_held_out() -> None:
     with torch.inference_mode():
         predictions = model(torch.from_numpy(data["image"])).argmax(-1).numpy()
     assert (predictions == data["labels"]).mean() > 0.95
+
+
+def test_the_demos_curated_backends_are_registered_and_keep_a_portable_fallback() -> None:
+    from inferforge.backends import backend_names, get_backend
+    from inferforge.demo import DEMO_BACKENDS
+
+    assert set(DEMO_BACKENDS) <= set(backend_names())
+    assert any(get_backend(name).portable for name in DEMO_BACKENDS)

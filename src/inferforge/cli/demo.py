@@ -16,29 +16,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-packages"), help="one package folder per model here")
     parser.add_argument("--only", choices=list(DEMOS), help="run one of them")
     parser.add_argument("--wide", action="store_true", help="leaderboards with every column")
+    parser.add_argument("--full", action="store_true", help="search every backend (Inductor, AOTInductor and torch "
+                        "INT8 too: several more minutes), not the curated set")
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(args.out, args.only, args.wide)
+    return run_demo(args.out, args.only, args.wide, args.full)
 
 
-def run_demo(out: Path, only: str | None = None, wide: bool = False) -> int:
+def run_demo(out: Path, only: str | None = None, wide: bool = False, full: bool = False) -> int:
     import numpy as np
     import torch
 
     from inferforge.cli.optimize import run_optimize
-    from inferforge.demo import DEMOS
+    from inferforge.demo import DEMO_BACKENDS, DEMOS
     from inferforge.options import SearchOptions
     from inferforge.package import load
     from inferforge.user_code import resolve_callable
     from inferforge.validate import Task
 
     started = time.perf_counter()
+    if not full:
+        print(f"demo: searching the curated backends {', '.join(DEMO_BACKENDS)} (every precision); "
+              "`inferforge demo --full` searches them all")
     for name, demo in DEMOS.items():
         if only and name != only:
             continue
         result = run_optimize(demo.model, inputs=list(demo.inputs), data=demo.data,
-                              options=SearchOptions(task=Task(demo.task)), out=out / name, name=name, overwrite=True,
+                              options=SearchOptions(task=Task(demo.task), backends=() if full else DEMO_BACKENDS),
+                              out=out / name, name=name, overwrite=True,
                               adapter=resolve_callable(demo.adapter, "demo adapter")(), wide=wide)
         if result.package is None:
             continue

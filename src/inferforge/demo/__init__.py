@@ -22,6 +22,12 @@ class Demo:
     adapter: str  # returns the package's input adapter: served clients send sentences or images
 
 
+# What the demo searches unless --full: the runtimes a CPU pick came from in every measured run (ONNX Runtime,
+# OpenVINO, each in FP32 and INT8), the portable TorchScript fallback and the eager reference. Left to --full:
+# Inductor, AOTInductor and torch INT8 (20-80 s of compiling each on 2 cores, never the pick on this CPU:
+# docs/benchmarks.md) and the source artifact, so that `make demo` stays within its few minutes.
+DEMO_BACKENDS = ("eager", "onnxruntime", "openvino", "torchscript")
+
 DEMOS = {
     "minilm": Demo("inferforge.demo.minilm:make_model", "inferforge.demo.minilm:make_data",
                    ("input_ids:int64[B,S=128]:0..30521", "attention_mask:int64[B,S=128]:0..1"), "embed",
