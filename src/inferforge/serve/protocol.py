@@ -35,6 +35,10 @@ DATATYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A shape may describe at most this many elements, zero-length dimensions aside: numpy refuses shapes whose
+# size in bytes passes 2**63 even when a zero dimension leaves them empty ([0, 10**30]), and no body holds more.
+MAX_ELEMENTS = 1 << 40
+MAX_RANK = 32  # numpy 1.x's limit on dimensions (2.x allows 64)
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -63,9 +67,15 @@ class InferRequest:
     binary_outputs_by_default: bool = False
 
     def timeout_s(self) -> float | None:
-        """Triton's ``timeout`` parameter is in microseconds."""
+        """Triton's ``timeout`` parameter, given in microseconds, in seconds; None when absent or 0 (no limit
+        of its own: the server's). Raises ProtocolError 400 for anything but a finite number >= 0."""
         value = self.parameters.get("timeout")
-        return float(value) / 1e6 if isinstance(value, int | float) and value > 0 else None
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ProtocolError(f"parameter 'timeout' is {value!r}: give a whole number of microseconds >= 0 "
+                                "(0 or none: the server's request timeout)")
+        return float(value) / 1e6 if value > 0 else None
 
 
 @dataclass
@@ -95,6 +105,9 @@ def parse_json_body(body: bytes, header_length: str | None) -> tuple[dict[str, A
         document = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses once per level: 100,000 '[' exhaust the stack
+        raise ProtocolError("request body nests JSON arrays or objects too deeply; send tensor data flat "
+                            "(row-major) with its 'shape'") from None
     if not isinstance(document, dict):
         raise ProtocolError("request body must be a JSON object with an 'inputs' list")
     return document, tail
@@ -116,7 +129,10 @@ def decode_http_request(document: Mapping[str, Any], binary: bytes) -> InferRequ
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(f"input {name!r}: parameters.binary_data_size must be a whole number of bytes "
+                                    f">= 0 (a JSON number, not {type(size).__name__} {_short(size)})")
+            if offset + size > len(binary):
                 raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the {len(binary)} binary "
                                     f"bytes after the JSON header (at offset {offset})")
             inputs[name] = array_from_raw(name, binary[offset:offset + size], shape, datatype)
@@ -159,11 +175,15 @@ def _name_of(item: Any, what: str) -> str:
 def tensor_header(item: Mapping[str, Any]) -> tuple[str, tuple[int, ...], str]:
     name = _name_of(item, "input")
     shape = item.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative whole numbers, got {shape!r}")
+    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                      for d in shape):
+        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative whole numbers, got {_short(shape)}")
+    if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise ProtocolError(f"input {name!r}: shape {_short(shape)} is too large: at most {MAX_RANK} dimensions "
+                            f"spanning at most 2**40 elements (zero-length dimensions aside)")
     datatype = item.get("datatype")
-    if datatype not in DATATYPES and datatype != "BF16":
-        raise ProtocolError(f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+    if not isinstance(datatype, str) or (datatype not in DATATYPES and datatype != "BF16"):
+        raise ProtocolError(f"input {name!r}: unknown datatype {_short(datatype)}; use one of {', '.join(DATATYPES)}")
     return name, tuple(shape), str(datatype)
 
 
@@ -176,7 +196,7 @@ def array_from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str)
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise ProtocolError(f"input {name!r}: BYTES data in JSON must be strings")
-        return np.array([v.encode() for v in flat], dtype=object).reshape(shape)
+        return _utf8(name, flat).reshape(shape)
     if datatype == "BF16":
         raise ProtocolError(f"input {name!r}: send BF16 values as FP32")
     if datatype == "BOOL":
@@ -194,15 +214,40 @@ def array_from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str)
     return array.reshape(shape)
 
 
+def _utf8(name: str, strings: list[str]) -> np.ndarray:
+    """JSON strings as a BYTES array; a lone surrogate (JSON allows "\\ud800") has no UTF-8 form: 400."""
+    array = np.empty(len(strings), dtype=object)
+    for index, value in enumerate(strings):
+        try:
+            array[index] = value.encode()
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(f"input {name!r}: element {index} is not valid Unicode ({exc.reason} at character "
+                                f"{exc.start}); send text as UTF-8, or binary data in the binary extension") from None
+    return array
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _flatten(data: Any) -> list[Any]:
+    """Nested lists, row-major, to one flat list; iterative, so depth costs no stack."""
     if not isinstance(data, list):
         return [data]
-    if data and isinstance(data[0], list):
-        out: list[Any] = []
-        for row in data:
-            out.extend(_flatten(row))
-        return out
-    return data
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            out.append(value)
+        else:
+            stack.pop()
+    return out
 
 
 def array_from_raw(name: str, raw: bytes, shape: tuple[int, ...], datatype: str) -> np.ndarray:
