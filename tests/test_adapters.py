@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -18,7 +21,10 @@ from conftest import fast_options
 
 import inferforge
 from inferforge.adapters import (
+    ImageAdapter,
     ImageAdapterSpec,
+    InputLimits,
+    TextAdapter,
     TextAdapterSpec,
     build_adapter,
     load_adapter,
@@ -233,7 +239,7 @@ def test_packaged_adapters_load_and_feed_the_model(packages: tuple[Path, Path], 
 
     manifest = read_manifest(text_pkg)
     assert manifest["serve"]["adapter"] == {"kind": "text", "input": "sentence", "tokenizer": "serve/tokenizer.json",
-                                            "max_length": None}
+                                            "max_length": None, "limits": InputLimits().to_json()}
     assert len(manifest["serve"]["sha256"]["tokenizer.json"]) == 64 and (text_pkg / "serve/tokenizer.json").is_file()
     adapter = load_adapter(text_pkg, manifest, ModelSpec.from_json(manifest["spec"]))
     assert adapter is not None
@@ -335,3 +341,127 @@ def test_a_client_sends_a_photo_and_a_sentence_through_tritonclient(packages: tu
         tensor.set_data_from_numpy(np.array([b"the cat sat", b"a dog"], dtype=object), binary_data=False)
         result = triton_http.InferenceServerClient(server.http_url).infer("two_inputs", [tensor])
         assert result.as_numpy("pooled").shape == (2, 8)
+
+
+# ---- limits: checked before decoding, counted in the queue, abandoned at the deadline ---------------------------
+
+def _huge_png(width: int = 8000, height: int = 8000) -> bytes:
+    ok, png = cv2.imencode(".png", np.zeros((height, width), np.uint8))  # 64 MP in ~60 kB
+    assert ok
+    return png.tobytes()
+
+
+def test_limits_are_refused_before_any_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object) -> None:
+        raise AssertionError("decoded or tokenized a row over the limits")
+
+    image = build_adapter(ImageAdapterSpec("image", ImagePipeline(resize=(16, 16))), CNN_SPEC)
+    monkeypatch.setattr(ImageAdapter, "_preprocess", never)
+    with pytest.raises(ProtocolError, match=r"row 1 has 64,000,000 pixels, above 40,000,000") as info:
+        asyncio.run(image.adapt({"image": _bytes_tensor(PHOTO.read_bytes(), _huge_png())}))
+    assert info.value.status == 413
+
+    text = build_adapter(TextAdapterSpec(minilm.make_adapter().tokenizer, limits=InputLimits(max_text_bytes=1000)),
+                         MINILM_SPEC)
+    monkeypatch.setattr(TextAdapter, "tokenize", never)
+    with pytest.raises(ProtocolError, match=r"row 0 has 100,000 bytes, above 1,000") as info:
+        asyncio.run(text.adapt({"text": _bytes_tensor(b"word " * 20_000)}))
+    assert info.value.status == 413
+
+
+def test_limits_travel_in_the_package_and_the_cli_form() -> None:
+    spec = parse_adapter("image:target=x,crop=8,max_pixels=1000000")
+    assert spec == ImageAdapterSpec("x", ImagePipeline(crop=(8, 8)), limits=InputLimits(max_image_pixels=1_000_000))
+    assert spec.to_json()["limits"] == {"max_text_bytes": 65536, "max_image_pixels": 1_000_000}
+    with pytest.raises(SpecError, match="max_pixels=lots is not a whole number"):
+        parse_adapter("image:target=x,crop=8,max_pixels=lots")
+    with pytest.raises(SpecError, match="max_text_bytes is 0"):
+        InputLimits(max_text_bytes=0)
+
+
+def test_a_50_mb_sentence_is_refused_quickly_with_bounded_memory(packages: tuple[Path, Path]) -> None:
+    """Issue 17: one 50 MB sentence tokenized for 140 s and took the server from 337 MB to 7.5 GB."""
+    from serve_helpers import request, serving
+
+    def rss_mb() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    with serving(packages[1]) as server:
+        body = json.dumps({"inputs": [{"name": "sentence", "shape": [1], "datatype": "BYTES",
+                                       "data": ["the cat " * (50 << 17)]}]}).encode()
+        before = rss_mb()
+        started = time.monotonic()
+        status, _, payload = request(server, "POST", "/v2/models/two_inputs/infer", body)
+        elapsed = time.monotonic() - started
+        del body
+        assert status == 413 and "above 65,536" in json.loads(payload)["error"], payload[:300]
+        assert elapsed < 15 and rss_mb() - before < 500
+
+
+def _held_preprocess(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[threading.Event]]:
+    """Image conversions wait for the returned gate; each records its ``abandoned`` event."""
+    gate, seen = threading.Event(), []
+    original = ImageAdapter._preprocess
+
+    def held(self: ImageAdapter, name: str, encoded: list[bytes], abandoned: threading.Event) -> np.ndarray:
+        seen.append(abandoned)
+        gate.wait(30)
+        return original(self, name, encoded, abandoned)
+
+    monkeypatch.setattr(ImageAdapter, "_preprocess", held)
+    return gate, seen
+
+
+def _binary_image_request(server: object, png: bytes) -> int:
+    """One image in the binary tensor extension, as tritonclient sends it; the status."""
+    import struct
+
+    from serve_helpers import request
+
+    head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(png) + 4}}]}).encode()
+    body = head + struct.pack("<I", len(png)) + png
+    return request(server, "POST", "/v2/models/cnn/infer", body,  # type: ignore[arg-type]
+                   {"Inference-Header-Content-Length": str(len(head))})[0]
+
+
+def test_images_being_converted_count_in_the_queue_limit(packages: tuple[Path, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: forty concurrent 4000 x 4000 PNGs with max-queue-size 8 got no 503."""
+    from serve_helpers import serving, wait_until
+
+    gate, _ = _held_preprocess(monkeypatch)
+    png = _huge_png(4000, 4000)
+    with serving(packages[0], batching={"max_queue_size": 8, "max_batch_size": 8}) as server, \
+            ThreadPoolExecutor(40) as pool:
+        try:
+            futures = [pool.submit(_binary_image_request, server, png) for _ in range(40)]
+            wait_until(lambda: sum(f.done() for f in futures) >= 32, timeout=30, what="32 refusals")
+        finally:
+            gate.set()
+        statuses = sorted(f.result() for f in futures)
+    assert statuses == [200] * 8 + [503] * 32
+
+
+def test_the_deadline_covers_the_adapter_and_abandons_its_work(packages: tuple[Path, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: --request-timeout 3 still answered 200 after 7.2 s of tokenizing."""
+    import tritonclient.http as triton_http
+    from serve_helpers import serving
+    from tritonclient.utils import InferenceServerException
+
+    gate, seen = _held_preprocess(monkeypatch)
+    with serving(packages[0]) as server:
+        tensor = triton_http.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([PHOTO.read_bytes()], dtype=object))
+        client = triton_http.InferenceServerClient(server.http_url, network_timeout=60)
+        started = time.monotonic()
+        try:
+            with pytest.raises(InferenceServerException, match="timed out after 0.3 s"):
+                client.infer("cnn", [tensor], timeout=300_000)  # microseconds
+        finally:
+            elapsed = time.monotonic() - started
+            gate.set()
+        assert elapsed < 2 and seen and seen[0].is_set()
+        assert client.infer("cnn", [tensor]).as_numpy("output").shape == (1, 4)

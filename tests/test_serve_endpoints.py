@@ -91,7 +91,8 @@ def test_every_guarded_http_route_refuses_a_request_without_its_token(server: Ba
 
 
 def test_every_guarded_rpc_refuses_a_call_without_the_token(server: BackgroundServer) -> None:
-    messages = {"ModelReady": {"name": MODEL}, "ModelMetadata": {"name": MODEL}, "ModelInfer": {"model_name": MODEL}}
+    messages = {"ModelReady": {"name": MODEL}, "ModelMetadata": {"name": MODEL}, "ModelInfer": {"model_name": MODEL},
+                "ModelConfig": {"name": MODEL}, "ModelStatistics": {"name": MODEL}}
     with grpc.insecure_channel(server.grpc_url) as channel:
         def call(method: str, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
             stub = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=lambda m: m.SerializeToString(),
@@ -103,13 +104,16 @@ def test_every_guarded_rpc_refuses_a_call_without_the_token(server: BackgroundSe
             if access is Access.PUBLIC:
                 call(method)
                 continue
-            for metadata in ((), (("authorization", "Bearer wrong"),)):
+            wrong = ((), (("authorization", "Bearer wrong"),))
+            if access is Access.ADMIN:  # the inference token does not open the repository API
+                wrong += ((("authorization", f"Bearer {TOKEN}"),),)
+            for metadata in wrong:
                 with pytest.raises(grpc.RpcError) as refused:
                     call(method, metadata)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
-            if method != "ModelInfer":  # an empty infer request is refused for its inputs, past the guard
-                call(method, (("authorization", f"Bearer {TOKEN}"),))
-        undeclared = channel.unary_unary(f"/{SERVICE}/RepositoryIndex")  # raw bytes in and out
+            if access is Access.TOKEN and method != "ModelInfer":  # an empty infer request is refused for its
+                call(method, (("authorization", f"Bearer {TOKEN}"),))  # inputs, past the guard
+        undeclared = channel.unary_unary(f"/{SERVICE}/NoSuchMethod")  # raw bytes in and out
         with pytest.raises(grpc.RpcError) as unknown:  # a method nobody declared stays closed
             undeclared(b"", timeout=30)
         assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED

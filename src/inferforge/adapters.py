@@ -15,21 +15,28 @@ checksummed in ``manifest["serve"]["sha256"]``, as artifacts are)::
               "adapter": {"kind": "image", "input": "image", "target": "pixel_values",
                           "pipeline": {"resize": 256, "crop": [224, 224], ...}}}
 
-Model inputs an adapter does not fill are passed through: clients send them as usual.
+Each adapter config may carry ``"limits"`` (``InputLimits``): what one row may cost, checked
+before anything is decoded. Model inputs an adapter does not fill are passed through: clients
+send them as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import functools
+import io
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from inferforge.errors import DataError, InferforgeError, PackageError, ProtocolError, SpecError, one_line
-from inferforge.preprocess import ImagePipeline, decode_image, stack_images
+from inferforge.preprocess import ImagePipeline, declared_size, decode_image, stack_images
 from inferforge.types import Dim, ModelSpec, TensorMeta, TensorSpec, numpy_dtype
 
 SERVE_DIR = "serve"  # inside a package: the adapter's files
@@ -39,13 +46,56 @@ _EXAMPLES = ("text:tokenizer=path/to/tokenizer.json,max_length=128 or "
              "image:target=pixel_values,resize=256,crop=224,color=rgb,mean=0.485/0.456/0.406,std=0.229/0.224/0.225")
 
 
+T = TypeVar("T")
+
+
 class InputAdapter(Protocol):
     """Client-facing inputs and the conversion of one request into model inputs."""
 
     @property
     def inputs(self) -> tuple[TensorMeta, ...]: ...
 
-    async def adapt(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    @property
+    def rows_in_progress(self) -> int:
+        """Rows being converted now: the server counts them with its queue against ``max_queue_size``."""
+        ...
+
+    async def adapt(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs; ProtocolError 413 for a row over the limits, 400 for one that cannot be used."""
+        ...
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one row may ask of an adapter, checked before anything is decoded: a 50 MB sentence once
+    tokenized for 140 s and took 7 GB, and a 67 KB PNG decodes to 8000 x 8000 pixels (192 MB).
+
+    ``max_text_bytes``: UTF-8 bytes per sentence; 64 KiB is about 10,000 words, far past any model's
+    positions (tokens beyond ``max_length`` are truncated, so the model never sees more than it takes).
+    ``max_image_pixels``: width x height read from the image's header; 40 MP decodes to 120 MB, and a
+    larger photo is better resized by the client than shipped (``preprocess.MAX_IMAGE_PIXELS`` stays
+    the decoder's own hard cap everywhere).
+    """
+
+    max_text_bytes: int = 64 << 10
+    max_image_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        wrong = [f"{f.name} is {getattr(self, f.name)!r}, it must be a whole number >= 1" for f in fields(self)
+                 if not isinstance(getattr(self, f.name), int) or getattr(self, f.name) < 1]
+        if wrong:
+            raise SpecError("input limits: " + "; ".join(wrong))
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InputLimits:
+        """Absent keys keep their defaults; raises SpecError for unknown keys or bad values."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SpecError(f"input limits: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
 
 
 # ---- what a package's adapter is (the config) ---------------------------------------------------------------
@@ -58,13 +108,15 @@ class ImageAdapterSpec:
     target: str
     pipeline: ImagePipeline
     input: str = "image"
+    limits: InputLimits = InputLimits()
 
     def files(self) -> dict[str, Path]:
         """Files to copy into the package's serve/ folder: name there -> file here."""
         return {}
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "image", "input": self.input, "target": self.target, "pipeline": self.pipeline.to_json()}
+        return {"kind": "image", "input": self.input, "target": self.target, "pipeline": self.pipeline.to_json(),
+                "limits": self.limits.to_json()}
 
 
 @dataclass(frozen=True)
@@ -80,31 +132,35 @@ class TextAdapterSpec:
     tokenizer: Path
     max_length: int | None = None
     input: str = "text"
+    limits: InputLimits = InputLimits()
 
     def files(self) -> dict[str, Path]:
         return {TOKENIZER_FILE: self.tokenizer}
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "text", "input": self.input, "tokenizer": f"{SERVE_DIR}/{TOKENIZER_FILE}",
-                "max_length": self.max_length}
+                "max_length": self.max_length, "limits": self.limits.to_json()}
 
 
 AdapterSpec = ImageAdapterSpec | TextAdapterSpec
 
 
 def parse_adapter(text: str) -> AdapterSpec:
-    """The CLI form: ``text:tokenizer=PATH[,max_length=N][,input=NAME]`` or
-    ``image:target=INPUT[,input=NAME],<pipeline keys>`` (see ``ImagePipeline.parse``).
+    """The CLI form: ``text:tokenizer=PATH[,max_length=N][,input=NAME][,max_bytes=N]`` or
+    ``image:target=INPUT[,input=NAME][,max_pixels=N],<pipeline keys>`` (see ``ImagePipeline.parse``);
+    ``max_bytes`` and ``max_pixels`` set the package's ``InputLimits``.
 
     Raises SpecError saying what is wrong and showing both forms.
     """
     kind, _, rest = text.partition(":")
     items = [item for item in rest.split(",") if item.strip()]
     values = {k.strip(): v.strip() for k, _, v in (item.partition("=") for item in items)}
+    limits = _parse_limits(text, values)
     if kind == "text":
-        unknown = sorted(set(values) - {"tokenizer", "max_length", "input"})
+        unknown = sorted(set(values) - {"tokenizer", "max_length", "input", "max_bytes"})
         if unknown or "tokenizer" not in values:
             raise SpecError(f"adapter {text!r}: a text adapter takes tokenizer=PATH[,max_length=N][,input=NAME]"
+                            "[,max_bytes=N]"
                             + (f"; unknown key(s) {', '.join(unknown)}" if unknown else "; tokenizer= is missing"))
         length = values.get("max_length")
         if length is not None and not (length.isdigit() and int(length) >= 1):
@@ -113,14 +169,24 @@ def parse_adapter(text: str) -> AdapterSpec:
         if not tokenizer.is_file():
             raise SpecError(f"adapter {text!r}: tokenizer file {tokenizer} does not exist (give the path of a "
                             "Hugging Face tokenizers 'tokenizer.json')")
-        return TextAdapterSpec(tokenizer, int(length) if length else None, values.get("input") or "text")
+        return TextAdapterSpec(tokenizer, int(length) if length else None, values.get("input") or "text", limits)
     if kind == "image":
         if not values.get("target"):
             raise SpecError(f"adapter {text!r}: an image adapter needs target=INPUT, the model input it fills")
-        pipeline_items = [i for i in items if i.partition("=")[0].strip() not in ("target", "input")]
+        pipeline_items = [i for i in items if i.partition("=")[0].strip() not in ("target", "input", "max_pixels")]
         return ImageAdapterSpec(values["target"], ImagePipeline.parse_items(pipeline_items),
-                                values.get("input") or "image")
+                                values.get("input") or "image", limits)
     raise SpecError(f"adapter {text!r}: it must start with 'text:' or 'image:', e.g. {_EXAMPLES}")
+
+
+_LIMIT_KEYS = {"max_bytes": "max_text_bytes", "max_pixels": "max_image_pixels"}  # CLI key -> InputLimits field
+
+
+def _parse_limits(text: str, values: Mapping[str, str]) -> InputLimits:
+    bad = [f"{key}={values[key]}" for key in _LIMIT_KEYS if key in values and not values[key].isdigit()]
+    if bad:
+        raise SpecError(f"adapter {text!r}: {', '.join(bad)} is not a whole number >= 1")
+    return InputLimits(**{name: int(values[key]) for key, name in _LIMIT_KEYS.items() if key in values})
 
 
 def adapter_spec_from_json(config: Mapping[str, Any], package: Path) -> AdapterSpec:
@@ -132,54 +198,139 @@ def adapter_spec_from_json(config: Mapping[str, Any], package: Path) -> AdapterS
     missing = [key for key in needed if not config.get(key)]
     if missing:
         raise SpecError(f"the {kind} adapter's config has no {', '.join(missing)}")
+    limits = InputLimits.from_json(config.get("limits") or {})  # packages written before limits: the defaults
     if kind == "image":
         return ImageAdapterSpec(str(config["target"]), ImagePipeline.from_json(config.get("pipeline") or {}),
-                                str(config.get("input") or "image"))
+                                str(config.get("input") or "image"), limits)
     max_length = config.get("max_length")
     return TextAdapterSpec(package / str(config["tokenizer"]), int(max_length) if max_length else None,
-                           str(config.get("input") or "text"))
+                           str(config.get("input") or "text"), limits)
 
 
 # ---- the adapters ---------------------------------------------------------------------------------------------
 
+@functools.cache
+def _threads() -> ThreadPoolExecutor:
+    """Adapter work's own threads, one per core: decoding and tokenizing are CPU-bound, and each thread holds
+    one decoded image at a time, so this also bounds the memory that concurrent large images can take."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="inferforge-adapter")
+
+
+@dataclass
+class _Work:
+    """Runs one adapter's conversions on the adapter threads, counting the rows in progress.
+
+    When the awaiting request is cancelled (its timeout passed, its client hung up), work not yet
+    started is dropped and a running conversion stops at its next row (``abandoned`` is set).
+    """
+
+    rows: int = 0
+
+    async def run(self, rows: int, convert: Callable[[threading.Event], T]) -> T:
+        abandoned = threading.Event()
+        self.rows += rows
+        try:
+            return await asyncio.wrap_future(_threads().submit(convert, abandoned))
+        finally:
+            abandoned.set()
+            self.rows -= rows
+
+
+class _Abandoned(ProtocolError):
+    def __init__(self) -> None:
+        super().__init__("the request was abandoned (timed out or its client left) while its inputs were "
+                         "being converted", 503)
+
+
+def _over_limits(name: str, problems: list[str], count: int, what: str) -> None:
+    if problems:
+        raise ProtocolError(f"input {name!r}: {len(problems)} of {count} {what} over this model's limits, "
+                            "refused before decoding: " + "; ".join(problems), 413)
+
+
 @dataclass(frozen=True)
 class ImageAdapter:
-    """Decodes and preprocesses each row's image in a worker thread (OpenCV releases the GIL)."""
+    """Decodes and preprocesses each row's image on the adapter threads (OpenCV releases the GIL), once
+    every row's header has shown it within ``limits.max_image_pixels``."""
 
     inputs: tuple[TensorMeta, ...]
     target: TensorSpec
     pipeline: ImagePipeline
+    limits: InputLimits = InputLimits()
+    work: _Work = field(default_factory=_Work, compare=False)
+
+    @property
+    def rows_in_progress(self) -> int:
+        return self.work.rows
 
     async def adapt(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         client = self.inputs[0].name
-        images = await asyncio.to_thread(self._preprocess, client, inputs[client])
+        encoded = _rows_as_bytes(client, inputs[client])
+        limit = self.limits.max_image_pixels
+        problems = []
+        for row, data in enumerate(encoded):
+            pixels = image_pixels(data)
+            if pixels is not None and pixels > limit:
+                problems.append(f"row {row} has {pixels:,} pixels, above {limit:,} (resize it before sending)")
+        _over_limits(client, problems, len(encoded), "image(s) are")
+        images = await self.work.run(len(encoded), lambda abandoned: self._preprocess(client, encoded, abandoned))
         return {**_passed_through(self.inputs, inputs), self.target.name: images}
 
-    def _preprocess(self, name: str, encoded: np.ndarray) -> np.ndarray:
+    def _preprocess(self, name: str, encoded: Sequence[bytes], abandoned: threading.Event) -> np.ndarray:
         images, problems = [], []
-        for row, element in enumerate(encoded.reshape(-1)):
+        for row, data in enumerate(encoded):
+            if abandoned.is_set():
+                raise _Abandoned()
             try:
-                images.append(self.pipeline.apply(decode_image(_element_bytes(element))))
+                images.append(self.pipeline.apply(decode_image(data)))
             except DataError as exc:
                 problems.append(f"row {row}: {exc}")
         if problems:
-            raise ProtocolError(f"input {name!r}: {len(problems)} of {encoded.size} image(s) cannot be used: "
+            raise ProtocolError(f"input {name!r}: {len(problems)} of {len(encoded)} image(s) cannot be used: "
                                 + "; ".join(problems))
         return stack_images(images, what=f"the images of input {name!r}").astype(numpy_dtype(self.target.dtype))
 
 
+def image_pixels(data: bytes) -> int | None:
+    """Width x height from an encoded image's header, before any pixel is decoded (PIL's lazy open reads
+    the header only). None when neither PIL nor ``preprocess.declared_size`` can read it: the decoder
+    then says why, under its own cap (``preprocess.MAX_IMAGE_PIXELS``)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.size[0]) * int(image.size[1])
+    except Image.DecompressionBombError:  # over twice PIL's own cap: more than any limit here allows
+        return 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
+    except Exception:  # PIL raises many types for bytes it cannot identify; the header parser may still know
+        size = declared_size(data)
+        return None if size is None else size[0] * size[1]
+
+
 @dataclass(frozen=True)
 class TextAdapter:
-    """Tokenizes each request's sentences in a worker thread; the tokenizer is configured once
-    (truncation, padding) when the adapter is built and only read afterwards."""
+    """Tokenizes each request's sentences on the adapter threads, once every sentence is within
+    ``limits.max_text_bytes``; the tokenizer is configured once (truncation, padding) when the adapter
+    is built and only read afterwards."""
 
     inputs: tuple[TensorMeta, ...]
     tokenizer: Any  # tokenizers.Tokenizer
     outputs: tuple[TensorSpec, ...]  # the model's token inputs this adapter fills
+    limits: InputLimits = InputLimits()
+    work: _Work = field(default_factory=_Work, compare=False)
+
+    @property
+    def rows_in_progress(self) -> int:
+        return self.work.rows
 
     async def adapt(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         client = self.inputs[0].name
-        tokens = await asyncio.to_thread(self.tokenize, client, inputs[client])
+        texts = inputs[client]
+        limit = self.limits.max_text_bytes
+        _over_limits(client, [f"row {row} has {len(data):,} bytes, above {limit:,} (split the text)"
+                              for row, data in enumerate(_rows_as_bytes(client, texts)) if len(data) > limit],
+                     texts.size, "sentence(s) are")
+        tokens = await self.work.run(texts.size, lambda abandoned: self.tokenize(client, texts))
         return {**_passed_through(self.inputs, inputs), **tokens}
 
     def tokenize(self, name: str, texts: np.ndarray) -> dict[str, np.ndarray]:
@@ -212,8 +363,24 @@ def _element_bytes(element: Any) -> bytes:
     if isinstance(element, bytes | bytearray | memoryview):
         return bytes(element)
     if isinstance(element, str):
-        return element.encode()
+        try:
+            return element.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+            raise DataError(f"not valid Unicode ({exc.reason} at character {exc.start})") from None
     raise DataError(f"expected bytes, got {type(element).__name__}")
+
+
+def _rows_as_bytes(name: str, tensor: np.ndarray) -> list[bytes]:
+    """A BYTES tensor's rows as bytes; ProtocolError 400 naming every row that is not bytes or text."""
+    rows, problems = [], []
+    for row, element in enumerate(tensor.reshape(-1)):
+        try:
+            rows.append(_element_bytes(element))
+        except DataError as exc:
+            problems.append(f"row {row}: {exc}")
+    if problems:
+        raise ProtocolError(f"input {name!r}: " + "; ".join(problems))
+    return rows
 
 
 def _passed_through(client_inputs: Sequence[TensorMeta], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -268,7 +435,7 @@ def _build_image(config: ImageAdapterSpec, spec: ModelSpec) -> ImageAdapter:
     inputs = _client_inputs(config.input, spec, [target.name], problems)
     if problems:
         raise SpecError("image adapter: " + "; ".join(problems))
-    return ImageAdapter(inputs, target, pipeline)
+    return ImageAdapter(inputs, target, pipeline, config.limits)
 
 
 def _build_text(config: TextAdapterSpec, spec: ModelSpec) -> TextAdapter:
@@ -306,7 +473,7 @@ def _build_text(config: TextAdapterSpec, spec: ModelSpec) -> TextAdapter:
     tokenizer.enable_padding(length=static, pad_id=padding.get("pad_id", 0), pad_type_id=padding.get("pad_type_id", 0),
                              pad_token=padding.get("pad_token", "[PAD]"),
                              direction=str(padding.get("direction", "right")).lower())
-    return TextAdapter(inputs, tokenizer, outputs)
+    return TextAdapter(inputs, tokenizer, outputs, config.limits)
 
 
 def _load_tokenizer(path: Path, problems: list[str]) -> Any:
@@ -324,8 +491,10 @@ def _load_tokenizer(path: Path, problems: list[str]) -> Any:
 
 # ---- from a package -------------------------------------------------------------------------------------------
 
-def load_adapter(package: Path, manifest: Mapping[str, Any], spec: ModelSpec) -> InputAdapter | None:
-    """The package's adapter, or None when it declares none.
+def load_adapter(package: Path, manifest: Mapping[str, Any], spec: ModelSpec,
+                 limits: InputLimits | None = None) -> InputAdapter | None:
+    """The package's adapter, or None when it declares none; ``limits`` (the server's, when its operator
+    set them) replace the package's own.
 
     Raises PackageError when an adapter file is missing, unlisted or changed (checksums), or
     when the config does not fit the model.
@@ -346,6 +515,8 @@ def load_adapter(package: Path, manifest: Mapping[str, Any], spec: ModelSpec) ->
             raise PackageError(f"package {package}: adapter file(s) {', '.join(unlisted)} have no checksum in the "
                                f"manifest's serve.sha256: rebuild the package")
         verify_checksums(package, {"path": folder, "sha256": listed})
+        if limits is not None:
+            adapter_spec = replace(adapter_spec, limits=limits)
         return build_adapter(adapter_spec, spec)
     except PackageError:
         raise

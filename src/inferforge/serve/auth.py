@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from inferforge.errors import ProtocolError
 
+CHALLENGE = 'Bearer realm="inferforge"'  # WWW-Authenticate on an HTTP 401: the scheme ``_matches`` reads
 
 class Access(StrEnum):
     """Who may call an endpoint."""

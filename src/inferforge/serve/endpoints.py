@@ -13,12 +13,15 @@ them (``Access``, enforced by each transport once, before the handler) and how a
 answered (``failure`` and ``error_reply``) are decided here. gRPC keeps its own messages but
 calls the same operations (``is_ready``, ``model``, ``infer``) and the same ``failure``.
 
-Every error is a non-200 status with body ``{"error": "..."}``; a 503 carries Retry-After.
+Every error is a non-200 status with body ``{"error": "..."}``; a 503 carries Retry-After, a 401
+WWW-Authenticate. ``openapi.json`` beside this module describes the same table for clients and for
+the fuzz tests (``tests/test_serve_fuzz_http.py`` checks that the two agree).
 Nothing here ever unpickles: bodies are JSON and raw little-endian tensors only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from inferforge.errors import ProtocolError, SpecError, one_line
-from inferforge.serve.auth import Access
+from inferforge.serve.auth import CHALLENGE, Access
 from inferforge.serve.protocol import (
     HEADER_LENGTH,
     InferRequest,
@@ -118,10 +121,14 @@ def failure(exc: BaseException) -> ProtocolError:
 
 
 def error_reply(error: ProtocolError) -> Reply:
-    """``{"error": ...}`` with the error's status; a retry hint becomes Retry-After (whole seconds, at least 1)."""
-    retry = error.retry_after_s
-    return Reply(error.status, json.dumps({"error": str(error)}).encode(),
-                 headers={"Retry-After": str(max(1, round(retry)))} if retry is not None else {})
+    """``{"error": ...}`` with the error's status; a retry hint becomes Retry-After (whole seconds, at least 1)
+    and a 401 says which credentials to send (WWW-Authenticate, as RFC 9110 asks)."""
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    if error.status == 401:
+        headers["WWW-Authenticate"] = CHALLENGE
+    return Reply(error.status, json.dumps({"error": str(error)}).encode(), headers=headers)
 
 
 class Models(Protocol):
@@ -197,14 +204,24 @@ class V2Endpoints:
         """Find the model (404 before 400), decode, run, encode; counted in the request metrics.
 
         ``decode`` and ``encode`` are the transport's; their errors count as this request's
-        failure. Raises what they or the model raised (map it with ``failure``).
+        failure. The request's deadline (its ``timeout`` parameter, else the model's request
+        timeout) covers everything after decoding, the input adapter's work included: at the
+        deadline the answer is 504 and the work is abandoned. Raises what they or the model
+        raised (map it with ``failure``).
         """
         started = time.perf_counter()
         label = self.metrics.label(name, self.models.serving) if self.metrics is not None else name
         try:
             model = self.model(name, version)
             request = await decode()
-            response = await model.infer(request)
+            timeout_s = request.timeout_s() or model.request_timeout_s
+            _admit(model, request)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await model.infer(request)
+            except TimeoutError:
+                raise ProtocolError(f"request timed out after {timeout_s:g} s (its 'timeout' parameter, in "
+                                    "microseconds, or the server's request timeout)", 504) from None
             response.parameters.update(self.answered_by)
             encoded = encode(request, response)
         except Exception as exc:
@@ -272,14 +289,30 @@ class V2Endpoints:
         return Reply.json(self._repository().index_json())
 
     async def repository_load(self, request: V2Request) -> Reply:
-        await self._repository().load(request.params["model"])
+        # shielded: a caller who hangs up must not cancel a load half done (its instances would leak)
+        await asyncio.shield(self._repository().load(request.params["model"]))
         return Reply.json({})
 
     async def repository_unload(self, request: V2Request) -> Reply:
-        await self._repository().unload(request.params["model"])
+        await asyncio.shield(self._repository().unload(request.params["model"]))
         return Reply.json({})
 
     def _repository(self) -> ModelRepository:
         if self.repository is None:
             raise ProtocolError("this server has no repository API", 404)
         return self.repository
+
+
+def _admit(model: ServedModel, request: InferRequest) -> None:
+    """A model with an input adapter counts the rows being converted with its queue: decoding and tokenizing
+    come before the batcher's own queue, and 40 huge images must meet the same ``max_queue_size``.
+    Raises ProtocolError 503 with a retry hint when they would pass it."""
+    if model.adapter is None or model.batcher is None:
+        return  # the batcher refuses a full queue itself
+    first = next(iter(request.inputs.values()), None)
+    rows = int(first.shape[0]) if first is not None and first.ndim else 1
+    waiting = model.batcher.queued_rows + model.adapter.rows_in_progress
+    limit = model.batching.max_queue_size
+    if waiting + rows > limit:
+        raise ProtocolError(f"queue is full ({waiting} samples waiting or being converted, limit {limit}); "
+                            "retry shortly", 503, retry_after_s=0.1)

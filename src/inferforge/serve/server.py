@@ -42,6 +42,7 @@ class ServerConfig:
     models: ModelOptions = field(default_factory=ModelOptions)
     poll_seconds: float = 2.0  # 0 = no polling; the repository API still reloads
     max_body_bytes: int = 64 << 20
+    read_timeout_s: float = 60.0  # a request's head, and then its body, must arrive within it (slowloris)
     drain_timeout_s: float = 30.0
 
 
@@ -84,7 +85,8 @@ class Server:
         self.repository = ModelRepository(self.config.root, self.config.models, self._on_state, self._on_model)
         self.endpoints = V2Endpoints(self.repository, metrics=self.metrics, repository=self.repository,
                                      max_body_bytes=self.config.max_body_bytes)
-        self.http = HttpFrontEnd(self.endpoints, self.config.auth, self.config.max_body_bytes)
+        self.http = HttpFrontEnd(self.endpoints, self.config.auth, self.config.max_body_bytes,
+                                 self.config.read_timeout_s)
 
     def _on_state(self, state: VersionState) -> None:
         self.metrics.set_state(state.name, state.version, state.state)
@@ -117,7 +119,7 @@ class Server:
         log.info("serving", extra={"ports": self.ports, "models": sorted(self.repository.serving)})
 
     async def _site(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.drain_timeout_s)
+        runner = self.http.runner(app, self.config.drain_timeout_s)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
