@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from serve_helpers import infer_json, request, serving
 
 import inferforge.serve
+from inferforge.serve.auth import Access
 from inferforge.serve.endpoints import V2Endpoints
 from inferforge.serve.server import BackgroundServer
 
@@ -177,6 +178,11 @@ def test_openapi_describes_every_route(server: BackgroundServer) -> None:
     routes = {(r.method, r.pattern) for r in endpoints.routes()}
     described = {(method, path) for method, path, _ in _operations()}
     assert routes == described
+    # Who may call each one, as the route table declares it (no security: public; none listed: the token).
+    schemes = {Access.PUBLIC: [], Access.TOKEN: OPENAPI["security"], Access.ADMIN: [{"admin": []}]}
+    for route in endpoints.routes():
+        operation = OPENAPI["paths"][route.pattern][route.method.lower()]
+        assert operation.get("security", OPENAPI["security"]) == schemes[route.access], route.name
 
 
 def test_no_client_mistake_is_a_5xx_and_the_server_stays_healthy(server: BackgroundServer) -> None:

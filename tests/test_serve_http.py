@@ -127,9 +127,11 @@ def test_tokens_guard_inference_and_the_repository_api(mlp_package: Path) -> Non
         assert request(server, "POST", "/v2/models/mlp/infer", body, {"Authorization": "Bearer s3cret"})[0] == 200
         client = triton.InferenceServerClient(server.http_url)
         assert client.get_model_metadata("mlp", headers={"Authorization": "Bearer s3cret"})["name"] == "mlp"
-        assert request(server, "POST", "/v2/repository/index", b"", {"Authorization": "Bearer s3cret"})[0] == 401
-        status, _, payload = request(server, "POST", "/v2/repository/index", b"", {"Authorization": "Bearer adm1n"})
+        assert request(server, "POST", "/v2/repository/index", b"")[0] == 401
+        status, _, payload = request(server, "POST", "/v2/repository/index", b"", {"Authorization": "Bearer s3cret"})
         assert status == 200 and json.loads(payload) == [{"name": "mlp", "version": "1", "state": "READY"}]
+        unload = "/v2/repository/models/mlp/unload"
+        assert request(server, "POST", unload, b"", {"Authorization": "Bearer s3cret"})[0] == 401  # admin only
 
 
 def test_repository_api_is_off_without_an_admin_token(server: BackgroundServer) -> None:

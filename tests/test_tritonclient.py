@@ -72,8 +72,10 @@ def test_grpc_discovers_describes_configures_and_infers(grpc_client: Any) -> Non
 
 
 def test_http_describes_configures_and_infers(http_client: Any, grpc_client: Any) -> None:
-    """What tritonclient.http reads the same way as gRPC (its repository index is the HTTP front end's)."""
+    """What tritonclient.http reads the same way as gRPC, discovery included (open to the inference token on a
+    default server, as Triton's index is)."""
     assert http_client.is_server_live() and http_client.is_server_ready() and http_client.is_model_ready(MODEL)
+    assert http_client.get_model_repository_index() == [{"name": MODEL, "version": "1", "state": "READY"}]
     assert http_client.get_model_metadata(MODEL)["name"] == MODEL
     config = http_client.get_model_config(MODEL)
     assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [(INPUT, "TYPE_FP32", [16])]

@@ -1,8 +1,10 @@
 """Bearer tokens: one for inference and metadata, a separate one for the repository API.
 
 Health endpoints stay open (orchestrators probe them without credentials). The
-repository API (load/unload/index) is off unless an admin token is set: management
-endpoints open by default are how TorchServe was taken over (CVE-2023-43654).
+repository API's load and unload are off unless an admin token is set: management
+endpoints open by default are how TorchServe was taken over (CVE-2023-43654). Its index is
+read-only and takes the inference token, as Triton's does, so clients discover models on a
+default server.
 
 Each endpoint declares its ``Access`` once (the route table in ``endpoints``, the RPC table in
 ``grpc``), and each transport calls ``Auth.require`` once per request, before any handler runs:
@@ -24,7 +26,7 @@ class Access(StrEnum):
 
     PUBLIC = "public"  # liveness, readiness, Prometheus scrapes: probes carry no credentials
     TOKEN = "token"  # inference and metadata: the bearer token, when one is set
-    ADMIN = "admin"  # the repository API: the admin token, and off without one
+    ADMIN = "admin"  # loading and unloading models: the admin token, and off without one
 
 
 @dataclass(frozen=True)

@@ -176,8 +176,8 @@ class V2Endpoints:
                        Route("model_stats" + versioned, "GET", prefix + "/stats", token, self.stats),
                        Route("infer" + versioned, "POST", prefix + "/infer", token, self.http_infer)]
         if self.repository is not None:
-            admin = Access.ADMIN
-            routes += [Route("repository_index", "POST", "/v2/repository/index", admin, self.repository_index),
+            admin = Access.ADMIN  # the index is read-only and open to inference clients, as Triton's is
+            routes += [Route("repository_index", "POST", "/v2/repository/index", token, self.repository_index),
                        Route("repository_load", "POST", "/v2/repository/models/{model}/load", admin,
                              self.repository_load),
                        Route("repository_unload", "POST", "/v2/repository/models/{model}/unload", admin,
