@@ -143,3 +143,53 @@ def test_concurrent_clients_form_batches(mlp_package: Path) -> None:
         assert statuses == [200] * 320
         batches = model.stats.execution_count - before
         assert batches <= 320 / 3, f"{batches} batches for 320 requests: batching did not form batches"
+
+
+def test_a_request_abandoned_in_the_queue_leaves_it_at_once_and_never_runs() -> None:
+    """A client that hangs up, or a request whose deadline passes while queued, must not keep its rows
+    against the queue limit nor run later for nobody (issue 17)."""
+    import asyncio
+    import threading
+    from concurrent.futures import Future
+
+    from inferforge.serve.batcher import BatchingConfig, DynamicBatcher
+
+    release = threading.Event()
+    ran: list[int] = []
+
+    class Slow:
+        def submit(self, inputs: dict) -> Future:
+            done: Future = Future()
+
+            def work() -> None:
+                release.wait(5)
+                ran.append(len(inputs["x"]))
+                done.set_result({"y": inputs["x"]})
+
+            threading.Thread(target=work, daemon=True).start()
+            return done
+
+        def close(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher([Slow()], BatchingConfig(max_batch_size=4, max_queue_size=8))
+        batcher.start()
+        first = asyncio.create_task(batcher.submit({"x": np.ones((1, 2))}, 1))
+        await asyncio.sleep(0.05)  # the first runs (and blocks the only instance)
+        waiting = [asyncio.create_task(batcher.submit({"x": np.ones((3, 2))}, 3)) for _ in range(2)]
+        timed_out = asyncio.create_task(batcher.submit({"x": np.ones((2, 2))}, 2, timeout_s=0.05))
+        await asyncio.sleep(0.02)
+        assert batcher.queued_rows == 8
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert batcher.queued_rows == 2  # the hung-up requests left the queue at once
+        await asyncio.gather(timed_out, return_exceptions=True)
+        assert batcher.queued_rows == 0
+        release.set()
+        await first
+        await batcher.close(drain_timeout_s=1)
+        assert ran == [1]  # nothing ran for the requests nobody waited for
+
+    asyncio.run(scenario())

@@ -92,7 +92,7 @@ class BatchTiming:
     ok: bool
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes exactly this request
 class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
@@ -150,13 +150,26 @@ class DynamicBatcher:
         self._queue.append(pending)
         self._queued_rows += rows
         self._wakeup.set()
-        if timeout_s is None:
-            return await pending.future
         try:
+            if timeout_s is None:
+                return await asyncio.shield(pending.future)
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
         except TimeoutError:
-            pending.future.cancel()  # a loop that has not taken it yet will skip it
+            self._withdraw(pending)
             raise ProtocolError(f"request timed out after {timeout_s:g} s", 504) from None
+        except asyncio.CancelledError:  # the request's own deadline passed, or its client hung up
+            self._withdraw(pending)
+            raise
+
+    def _withdraw(self, pending: _Pending) -> None:
+        """A request nobody waits for any more: out of the queue at once, so it neither runs nor holds its
+        rows against the queue limit (one still in a running batch just has its result dropped)."""
+        pending.future.cancel()
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return
+        self._queued_rows -= pending.rows
 
     async def close(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new requests, let queued and running ones finish, then stop the loops."""
