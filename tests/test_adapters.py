@@ -246,6 +246,10 @@ def test_packaged_adapters_load_and_feed_the_model(packages: tuple[Path, Path], 
     tokens = asyncio.run(adapter.adapt({"sentence": _bytes_tensor(b"the cat sat on the mat", b"a dog")}))
     assert tokens["input_ids"].tolist() == [[2, 4, 6, 8, 10, 4, 3], [2, 5, 7, 3, 0, 0, 0]]  # truncated, padded
     assert inferforge.load(text_pkg)(tokens)["pooled"].shape == (2, 8)
+    overridden = load_adapter(text_pkg, manifest, ModelSpec.from_json(manifest["spec"]), {"max_text_bytes": 5})
+    assert overridden is not None and overridden.limits == InputLimits(max_text_bytes=5)  # the server's flag wins
+    with pytest.raises(ProtocolError, match="413|bytes"):
+        asyncio.run(overridden.adapt({"sentence": _bytes_tensor(b"the cat sat on the mat")}))
 
 
 def test_a_tampered_tokenizer_or_a_wrong_target_is_a_package_error(packages: tuple[Path, Path],

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from inferforge.cli import COMMANDS, build_parser, main
+from inferforge.errors import SpecError
 
 TESTS = Path(__file__).parent
 
@@ -184,6 +185,7 @@ def _owned_defaults(root: Path) -> dict[tuple[str, str], object]:
         ("serve", "grpc_port"): server.grpc_port, ("serve", "metrics_port"): server.metrics_port,
         ("serve", "poll_seconds"): server.poll_seconds, ("serve", "max_body_mb"): server.max_body_bytes / 2**20,
         ("serve", "request_timeout"): ModelOptions().request_timeout_s,
+        ("serve", "read_timeout"): server.read_timeout_s,
         ("serve", "replicas"): RayScaling().replicas, ("serve", "cpus_per_replica"): RayScaling().cpus_per_replica,
         ("serve", "gpus_per_replica"): RayScaling().gpus_per_replica,
         ("serve", "target_ongoing_requests"): RayScaling().target_ongoing_requests,
@@ -246,6 +248,12 @@ def test_serve_and_bench_options_left_out_are_their_owners_defaults(tmp_path: Pa
             config.max_body_bytes) == (expected.host, expected.http_port, expected.grpc_port, expected.metrics_port,
                                        expected.poll_seconds, expected.max_body_bytes)
     assert config.models == ModelOptions()
+    given = config_from_args(build_parser().parse_args(["serve", str(tmp_path), "--max-text-bytes", "1000",
+                                                        "--read-timeout", "5"]))
+    assert given.models.input_limits == {"max_text_bytes": 1000} and given.read_timeout_s == 5
+    assert config.read_timeout_s == expected.read_timeout_s
+    with pytest.raises(SpecError, match="max_image_pixels is 0"):
+        config_from_args(build_parser().parse_args(["serve", str(tmp_path), "--max-image-pixels", "0"]))
 
 
 def test_ray_options_left_out_are_ray_serves_defaults(tmp_path: Path) -> None:

@@ -492,9 +492,10 @@ def _load_tokenizer(path: Path, problems: list[str]) -> Any:
 # ---- from a package -------------------------------------------------------------------------------------------
 
 def load_adapter(package: Path, manifest: Mapping[str, Any], spec: ModelSpec,
-                 limits: InputLimits | None = None) -> InputAdapter | None:
-    """The package's adapter, or None when it declares none; ``limits`` (the server's, when its operator
-    set them) replace the package's own.
+                 limit_overrides: Mapping[str, int] | None = None) -> InputAdapter | None:
+    """The package's adapter, or None when it declares none; ``limit_overrides`` (InputLimits field -> value:
+    what the server's operator set, e.g. ``inferforge serve --max-text-bytes``) replace those limits of the
+    package's own.
 
     Raises PackageError when an adapter file is missing, unlisted or changed (checksums), or
     when the config does not fit the model.
@@ -515,8 +516,8 @@ def load_adapter(package: Path, manifest: Mapping[str, Any], spec: ModelSpec,
             raise PackageError(f"package {package}: adapter file(s) {', '.join(unlisted)} have no checksum in the "
                                f"manifest's serve.sha256: rebuild the package")
         verify_checksums(package, {"path": folder, "sha256": listed})
-        if limits is not None:
-            adapter_spec = replace(adapter_spec, limits=limits)
+        if limit_overrides:
+            adapter_spec = replace(adapter_spec, limits=replace(adapter_spec.limits, **limit_overrides))
         return build_adapter(adapter_spec, spec)
     except PackageError:
         raise

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--name", help="model name (default: from the factory or file)")
     source.add_argument("--adapter", type=adapter, metavar="SPEC",
                         help="let served clients send sentences or photos: text:tokenizer=PATH[,max_length=N]"
-                        "[,input=NAME] or image:target=INPUT[,input=NAME],resize=N|HxW,crop=N|HxW,"
+                        "[,input=NAME][,max_bytes=N] or image:target=INPUT[,input=NAME][,max_pixels=N],resize=N|HxW,crop=N|HxW,"
                         "color=rgb|bgr|gray,scale=X,mean=A/B/C,std=A/B/C,layout=NCHW|NHWC")
 
     accuracy = parser.add_argument_group("accuracy budget")

@@ -28,6 +28,7 @@ BATCHING_FLAGS = ("max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from inferforge.adapters import InputLimits
     from inferforge.serve.batcher import INSTANCE_KINDS, BatchingConfig
     from inferforge.serve.model import ModelOptions
     from inferforge.serve.ray_config import BATCHERS, TRANSFERS, RayScaling, RayServeConfig
@@ -51,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body accepted")
     parser.add_argument("--request-timeout", type=float, default=field_default(ModelOptions, "request_timeout_s"),
                         help="seconds a request may wait and run")
+    parser.add_argument("--read-timeout", type=float, default=server("read_timeout_s"),
+                        help="seconds a request's head, then its body, may take to arrive (slow clients are cut off)")
+    limits = parser.add_argument_group("raw inputs (models packaged with an --adapter; default: each package's own)")
+    limits.add_argument("--max-text-bytes", type=int, help="UTF-8 bytes per sentence (package default: "
+                        f"{field_default(InputLimits, 'max_text_bytes')})")
+    limits.add_argument("--max-image-pixels", type=int, help="width x height per image, read from its header "
+                        f"before decoding (package default: {field_default(InputLimits, 'max_image_pixels')})")
     batching = parser.add_argument_group("batching (default: what the package's benchmark suggests)")
     batching.add_argument("--max-batch-size", type=int, help="samples per batch (default: the package's best)")
     batching.add_argument("--max-queue-delay-ms", type=float, help="extra wait for fuller batches (default: "
@@ -88,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    from inferforge.adapters import InputLimits
     from inferforge.errors import InferforgeError
     from inferforge.serve.auth import Auth
     from inferforge.serve.model import ModelOptions
@@ -95,8 +104,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
     if args.threads is not None and args.threads < 1:
         raise InferforgeError(f"--threads must be at least 1, got {args.threads}")
-    if args.max_body_mb <= 0 or args.request_timeout <= 0:
-        raise InferforgeError("--max-body-mb and --request-timeout must be positive")
+    if args.max_body_mb <= 0 or args.request_timeout <= 0 or args.read_timeout <= 0:
+        raise InferforgeError("--max-body-mb, --request-timeout and --read-timeout must be positive")
+    limits = {"max_text_bytes": args.max_text_bytes, "max_image_pixels": args.max_image_pixels}
+    limits = {name: value for name, value in limits.items() if value is not None}
+    InputLimits(**limits)  # SpecError naming a value below 1 before anything starts
     if not args.path.exists():
         raise InferforgeError(f"{args.path} does not exist: give a package folder or a model repository folder")
     overrides = {flag: getattr(args, flag) for flag in BATCHING_FLAGS if getattr(args, flag) is not None}
@@ -107,8 +119,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         grpc_port=None if args.grpc_port < 0 else args.grpc_port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port, auth=auth,
         models=ModelOptions(batching_overrides=overrides, threads=args.threads,
-                            request_timeout_s=args.request_timeout),
-        poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * MIB))
+                            request_timeout_s=args.request_timeout, input_limits=limits),
+        poll_seconds=args.poll_seconds, max_body_bytes=int(args.max_body_mb * MIB), read_timeout_s=args.read_timeout)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ class ModelOptions:
     threads: int | None = None
     request_timeout_s: float = 30.0
     warmup: bool = True
+    input_limits: Mapping[str, int] = field(default_factory=dict)  # InputLimits field -> value, over the package's
 
 
 def suggested_batching(manifest: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> BatchingConfig:
@@ -117,7 +118,7 @@ class ServedModel:
             if static and not batching.static_batch_sizes:  # e.g. CUDA graphs captured per batch bucket
                 batching = replace(batching, static_batch_sizes=static,
                                    max_batch_size=min(batching.max_batch_size, max(static)))
-            adapter = load_adapter(package, manifest, spec)
+            adapter = load_adapter(package, manifest, spec, options.input_limits)
             model_inputs = tuple(TensorMeta.from_spec(s) for s in spec.inputs)
             model = cls(name, version, package, manifest, key, adapter.inputs if adapter else model_inputs,
                         tuple(TensorMeta.from_spec(s) for s in spec.outputs), batching, adapter, instances,
